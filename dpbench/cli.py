@@ -1,0 +1,43 @@
+"""The `dpbench` command. Each subcommand lives in its own module under dpbench/commands/ and
+defines `register(subparsers)`; they are discovered here, so adding one touches no shared file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import dpbench
+from dpbench.errors import DpbenchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand found in dpbench.commands."""
+    import dpbench.commands as commands
+
+    parser = argparse.ArgumentParser(prog="dpbench", description="dpbench: exact DP-SGD clipping algorithms and their benchmarks")
+    parser.add_argument("--version", action="version", version=f"dpbench {dpbench.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"dpbench.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; user errors become one line on stderr and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DpbenchError as err:
+        print(f"dpbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dpbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

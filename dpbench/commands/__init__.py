@@ -1,0 +1,1 @@
+"""Subcommands of `dpbench`: one module each, each with `register(subparsers)` that sets `func`."""
