@@ -1,0 +1,102 @@
+"""PrivacyEngine: one contract for every clipping algorithm.
+
+    engine = PrivacyEngine(model, algorithm="mixed_ghost", max_grad_norm=R, noise_multiplier=σ)
+    engine.backward(F.cross_entropy(model(x), y, reduction="none"))  # ADDS Σᵢ min(1, R/‖gᵢ‖)·gᵢ to p.grad
+    engine.add_noise()   # once per logical batch: N(0, σ²R²) on every trainable p.grad
+    engine.detach()
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dpbench.clipping.algorithms import ALGORITHMS
+from dpbench.clipping.batchnorm import refuse_batchnorm
+from dpbench.errors import DpbenchError
+
+
+def _shared_parameters(model: nn.Module) -> None:
+    """Refuse a parameter registered in two modules (tied weights), naming both."""
+    owners: dict[int, str] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            full = f"{mname}.{pname}" if mname else pname
+            if id(p) in owners and owners[id(p)].rsplit(".", 1)[0] != mname:
+                raise DpbenchError(f"parameter '{full}' is the same tensor as '{owners[id(p)]}' (tied "
+                                   "weights across modules): per-sample clipping of shared weights is not "
+                                   "supported; untie them")
+            owners.setdefault(id(p), full)
+
+
+class PrivacyEngine:
+    """Per-sample clipping and noise for a model, with the algorithm chosen by name."""
+
+    def __init__(self, model: nn.Module, algorithm: str = "mixed_ghost", max_grad_norm: float = 1.0,
+                 noise_multiplier: float = 0.0, generator: torch.Generator | None = None):
+        if algorithm not in ALGORITHMS:
+            raise DpbenchError(f"unknown algorithm '{algorithm}'; choose one of: {', '.join(ALGORITHMS)}")
+        if not max_grad_norm > 0:
+            raise DpbenchError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        if not noise_multiplier >= 0:
+            raise DpbenchError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+        self.model = model
+        self.algorithm = ALGORITHMS[algorithm]
+        self.max_grad_norm = float(max_grad_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.generator = generator
+        self.parameters = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+        self.per_sample_norms: torch.Tensor | None = None
+        if self.algorithm.backend != "plain":
+            refuse_batchnorm(model)
+            _shared_parameters(model)
+        if self.algorithm.backend == "own":
+            from dpbench.clipping.own import OwnBackend
+            self._backend = OwnBackend(model, self.algorithm, self.max_grad_norm)
+        elif self.algorithm.backend == "opacus":
+            from dpbench.clipping.opacus_backend import OpacusBackend
+            self._backend = OpacusBackend(model, self.algorithm.norms, self.max_grad_norm)
+        else:
+            self._backend = None
+
+    @property
+    def layer_report(self) -> list[dict]:
+        """Per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice."""
+        return self._backend.layer_report if self._backend is not None else []
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Add the clipped sum of per-sample gradients of `losses` (shape [B]) to every p.grad."""
+        if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
+            shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise DpbenchError(f"backward needs per-sample losses of shape [B] (use reduction='none'), "
+                               f"got {shape}")
+        if not losses.requires_grad:
+            raise DpbenchError("the losses do not require grad: compute them from the model's output "
+                               "with gradients enabled")
+        if self._backend is None:
+            losses.backward(torch.ones_like(losses))
+            self.per_sample_norms = None
+        else:
+            self.per_sample_norms = self._backend.backward(losses).detach()
+
+    def add_noise(self) -> None:
+        """Add N(0, σ²R²) to every trainable parameter's gradient (creating zero gradients if absent)."""
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if std == 0:
+                continue
+            if self.generator is not None and self.generator.device.type != p.device.type:
+                raise DpbenchError(f"the noise generator is on {self.generator.device} but parameters are "
+                                   f"on {p.device}: pass a generator on the parameters' device")
+            p.grad.add_(torch.normal(0.0, std, size=p.shape, generator=self.generator,
+                                     dtype=p.grad.dtype, device=p.device))
+
+    def detach(self) -> None:
+        """Remove every hook: the model is plain again."""
+        if self._backend is not None:
+            self._backend.detach()
+            self._backend = None

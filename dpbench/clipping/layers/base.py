@@ -1,0 +1,97 @@
+"""What every layer rule provides, and the record of one layer's calls during one forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dpbench.clipping.decision import GHOST, INSTANTIATE, mixed_choice
+
+
+@dataclass
+class Call:
+    """One call of a hooked module: its inputs as seen in forward, and (later) its output gradients."""
+
+    args: tuple
+    kwargs: dict
+    versions: tuple[int, ...]
+    out_spec: object = None  # pytree spec of the module's output
+    out_index: tuple[int, ...] = ()  # which output leaves are differentiable (and hooked)
+    out_meta: tuple = ()  # (shape, dtype, device) of those leaves, to fill in gradients that never came
+    grads: list = field(default_factory=list)  # one per hooked output leaf, None until seen
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """T positions, d inputs and p outputs per group, and the number of groups."""
+
+    T: int
+    d: int
+    p: int
+    groups: int = 1
+
+
+class LayerRule:
+    """Per-sample gradient rules for one module: norms (ghost or instantiated) and clipped sums.
+
+    `calls` is the list of `Call`s of the module in one forward whose gradients arrived; a module
+    called several times is one layer whose per-sample gradient is the sum over its calls.
+    """
+
+    has_ghost = False
+
+    def __init__(self, module: nn.Module, name: str):
+        self.module = module
+        self.name = name
+        self.params = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
+
+    def shape(self, calls: list[Call]) -> LayerShape | None:
+        """T, d, p, groups of the layer for these calls (None for layers without a ghost norm)."""
+        return None
+
+    def choose(self, calls: list[Call], strategy: str) -> str:
+        """Ghost or instantiate, for a norm strategy ('instantiate', 'ghost', 'mixed')."""
+        if not self.has_ghost or strategy == INSTANTIATE:
+            return INSTANTIATE
+        if strategy == GHOST:
+            return GHOST
+        s = self.shape(calls)
+        return mixed_choice(s.T, s.d, s.p, s.groups)
+
+    def instantiate(self, calls: list[Call]) -> dict[str, torch.Tensor]:
+        """Per-sample gradients {param name: Tensor[B, *param.shape]}."""
+        raise NotImplementedError
+
+    def ghost_norm_sq(self, calls: list[Call]) -> torch.Tensor:
+        """Squared per-sample gradient norm over this layer's trainable parameters, Tensor[B]."""
+        raise NotImplementedError
+
+    def clipped_sum(self, calls: list[Call], coef: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Σᵢ coefᵢ·gᵢ per parameter from the stored inputs and output gradients (book-keeping)."""
+        raise NotImplementedError
+
+
+def squared_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ over parameters of the squared per-sample norms of instantiated gradients."""
+    total = None
+    for g in grads.values():
+        sq = g.reshape(g.shape[0], -1).pow(2).sum(1)
+        total = sq if total is None else total + sq
+    return total
+
+
+def weighted_sum(grads: dict[str, torch.Tensor], coef: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σᵢ coefᵢ·gᵢ of instantiated per-sample gradients."""
+    return {n: torch.tensordot(coef.to(g.dtype), g, dims=1) for n, g in grads.items()}
+
+
+def gram_inner(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """⟨a aᵀ, g gᵀ⟩ per leading index for a [N, T, d], g [N, T, p]: ‖aᵀg‖² without forming aᵀg."""
+    if a.shape[1] == 1:
+        return a.pow(2).sum((1, 2)) * g.pow(2).sum((1, 2))
+    aa = torch.bmm(a, a.transpose(1, 2))
+    gg = torch.bmm(g, g.transpose(1, 2))
+    return (aa * gg).sum((1, 2))

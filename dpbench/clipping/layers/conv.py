@@ -1,0 +1,113 @@
+"""nn.Conv1d/2d/3d with any stride, padding (numbers, 'same', 'valid', every padding mode), dilation
+and groups. Per group g the per-sample weight gradient is G_gᵀA_g with A_g the unfolded input
+(T output positions × d = C_in/groups·∏k) and G_g the output gradient (T × p = C_out/groups)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpbench.clipping.layers.base import Call, LayerRule, LayerShape
+
+
+def padded_input(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The input with any non-zero-mode or string padding applied, and the padding left to apply."""
+    nd = len(conv.kernel_size)
+    if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+        return x, tuple(conv.padding)
+    pad = conv._reversed_padding_repeated_twice
+    if any(pad):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, pad, mode=mode)
+    return x, (0,) * nd
+
+
+def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded input [B, groups, T, d] with d = C_in/groups·∏kernel in the weight's order."""
+    x, padding = padded_input(conv, x)
+    nd = len(conv.kernel_size)
+    if any(padding):
+        x = F.pad(x, [p for pp in reversed(padding) for p in (pp, pp)])
+    for i, (k, s, dil) in enumerate(zip(conv.kernel_size, conv.stride, conv.dilation)):
+        x = x.unfold(2 + i, dil * (k - 1) + 1, s)
+    if any(dil > 1 for dil in conv.dilation):
+        x = x[(...,) + tuple(slice(None, None, dil) for dil in conv.dilation)]
+    B, C = x.shape[:2]
+    groups = conv.groups
+    out_shape = x.shape[2:2 + nd]
+    x = x.view(B, groups, C // groups, *x.shape[2:])
+    # [B, groups, C_g, O..., k...] -> [B, groups, O..., C_g, k...]
+    perm = [0, 1, *range(3, 3 + nd), 2, *range(3 + nd, 3 + 2 * nd)]
+    return x.permute(perm).reshape(B, groups, math.prod(out_shape), -1)
+
+
+def grouped_grad_output(conv: nn.modules.conv._ConvNd, g: torch.Tensor) -> torch.Tensor:
+    """Output gradient as [B, groups, p, T]."""
+    return g.reshape(g.shape[0], conv.groups, conv.out_channels // conv.groups, -1)
+
+
+class ConvRule(LayerRule):
+    """Convolutions of any dimension; ghost norms and instantiation per group."""
+
+    has_ghost = True
+
+    def shape(self, calls):
+        conv = self.module
+        T = sum(math.prod(c.grads[0].shape[2:]) for c in calls)
+        d = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+        return LayerShape(T, d, conv.out_channels // conv.groups, conv.groups)
+
+    def _stacked(self, calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
+        a = [unfold(self.module, c.args[0]) for c in calls]
+        g = [grouped_grad_output(self.module, c.grads[0]) for c in calls]
+        if len(calls) == 1:
+            return a[0], g[0]
+        return torch.cat(a, 2), torch.cat(g, 3)
+
+    def _bias_grads(self, calls: list[Call]) -> torch.Tensor:
+        return sum(c.grads[0].flatten(2).sum(2) for c in calls)
+
+    def instantiate(self, calls):
+        out = {}
+        if "weight" in self.params:
+            a, g = self._stacked(calls)
+            w = torch.matmul(g, a)  # [B, groups, p, d]
+            out["weight"] = w.reshape(w.shape[0], *self.module.weight.shape)
+        if "bias" in self.params:
+            out["bias"] = self._bias_grads(calls)
+        return out
+
+    def ghost_norm_sq(self, calls):
+        total = 0
+        if "weight" in self.params:
+            a, g = self._stacked(calls)
+            if a.shape[2] == 1:
+                total = (a.pow(2).sum((2, 3)) * g.pow(2).sum((2, 3))).sum(1)
+            else:
+                aa = torch.matmul(a, a.transpose(2, 3))
+                gg = torch.matmul(g.transpose(2, 3), g)
+                total = (aa * gg).sum((1, 2, 3))
+        if "bias" in self.params:
+            total = total + self._bias_grads(calls).pow(2).sum(1)
+        return total
+
+    def clipped_sum(self, calls, coef):
+        conv = self.module
+        nd = len(conv.kernel_size)
+        out = {}
+        for c in calls:
+            g = c.grads[0] * coef.to(c.grads[0].dtype).view(-1, *[1] * (nd + 1))
+            part = {}
+            if "weight" in self.params:
+                x, padding = padded_input(conv, c.args[0])
+                part["weight"] = torch.ops.aten.convolution_backward(
+                    g, x, conv.weight, None, conv.stride, padding, conv.dilation, False,
+                    [0] * nd, conv.groups, [False, True, False])[1]
+            if "bias" in self.params:
+                part["bias"] = g.flatten(2).sum((0, 2))
+            for n, v in part.items():
+                out[n] = out[n] + v if n in out else v
+        return out

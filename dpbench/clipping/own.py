@@ -1,0 +1,187 @@
+"""dpbench's own algorithms: hooks record each covered module's inputs in forward; one backward
+(`torch.autograd.grad` to the layers' outputs, so autograd forms no parameter gradient) delivers each
+layer's output gradient, from which the layer's per-sample norm is taken at once (ghost or
+instantiated); then either a second backward of Σ Cᵢ Lᵢ or the book-kept clipped sums."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torch.autograd.graph import get_gradient_edge
+from torch.utils._pytree import tree_flatten
+
+from dpbench.clipping.algorithms import Algorithm
+from dpbench.clipping.decision import INSTANTIATE
+from dpbench.clipping.layers import Call, GenericRule, LayerRule, rule_for
+from dpbench.clipping.layers.base import squared_norms, weighted_sum
+from dpbench.clipping.usage import ParameterUseCheck
+from dpbench.errors import DpbenchError
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
+
+
+class OwnBackend:
+    """Hooks a model for one of dpbench's own algorithms (see ALGORITHMS)."""
+
+    def __init__(self, model: nn.Module, algorithm: Algorithm, max_grad_norm: float):
+        self.model = model
+        self.algorithm = algorithm
+        self.max_grad_norm = max_grad_norm
+        self.rules: dict[nn.Module, LayerRule] = {}
+        self._order = {m: i for i, m in enumerate(model.modules())}
+        for name, module in model.named_modules():
+            rule = rule_for(module, name or type(model).__name__)
+            if rule is not None:
+                self.rules[module] = rule
+        self.generic_params = [p for r in self.rules.values() if isinstance(r, GenericRule)
+                               for p in r.params.values()]
+        self.layer_report: list[dict] = []
+        self._handles = []
+        self._calls: dict[nn.Module, list[Call]] = {}
+        self._frontier: list = []
+        self._depth = 0
+        self._collecting = False
+        self._replaying = False
+        self._use_check: ParameterUseCheck | None = ParameterUseCheck(model, self.rules)
+        self._handles.append(model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+        self._handles.append(model.register_forward_hook(self._root_post_hook, always_call=True))
+        for module in self.rules:
+            self._handles.append(module.register_forward_hook(self._record, with_kwargs=True))
+
+    # ---- forward -------------------------------------------------------------------------------
+    def _root_pre_hook(self, model, args, kwargs):
+        if self._replaying or not torch.is_grad_enabled():
+            return
+        if self._depth == 0:
+            self._calls, self._frontier = {}, []
+            self._frontier += [x for x in _tensors((args, kwargs)) if x.requires_grad]
+            if self._use_check is not None:
+                self._use_check.start()
+        self._depth += 1
+
+    def _root_post_hook(self, model, args, output):
+        if self._replaying or self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._use_check is not None:
+            check, self._use_check = self._use_check, None
+            check.finish()
+
+    def _record(self, module, args, kwargs, output):
+        if self._replaying or not torch.is_grad_enabled():
+            return
+        leaves, spec = tree_flatten(output)
+        index = tuple(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad)
+        if not index:
+            return
+        inputs = _tensors((args, kwargs))
+        call = Call(args, kwargs, tuple(x._version for x in inputs), spec, index,
+                    tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
+                    [None] * len(index), len(index))
+        self._calls.setdefault(module, []).append(call)
+        for k, i in enumerate(index):
+            leaves[i].register_hook(partial(self._on_grad, module, call, k))
+        if not any(x.requires_grad for x in inputs):
+            self._frontier += [get_gradient_edge(leaves[i]) for i in index]
+
+    # ---- backward ------------------------------------------------------------------------------
+    def _on_grad(self, module, call, k, grad):
+        if not self._collecting:
+            return
+        call.grads[k] = grad
+        call.pending -= 1
+        if all(c.pending == 0 for c in self._calls[module]):
+            self._process(module)
+
+    def _process(self, module: nn.Module) -> None:
+        calls = [c for c in self._calls.pop(module, []) if any(g is not None for g in c.grads)]
+        if not calls:
+            return
+        rule = self.rules[module]
+        for c in calls:
+            self._validate(rule, c)
+        choice = rule.choose(calls, self.algorithm.norms)
+        self._replaying = True  # the generic rule replays forwards: keep the hooks quiet
+        try:
+            if choice == INSTANTIATE:
+                kept = rule.instantiate(calls)
+                sq = squared_norms(kept)
+            else:
+                kept = calls
+                sq = rule.ghost_norm_sq(calls)
+        finally:
+            self._replaying = False
+        self._norm_sq += sq.to(self._norm_sq.dtype)
+        if self.algorithm.sums == "bookkeeping":
+            self._kept.append((rule, choice, kept))
+        shape = rule.shape(calls)
+        self.layer_report.append({
+            "name": rule.name, "type": type(module).__name__, "rule": type(rule).__name__,
+            "T": shape.T if shape else None, "d": shape.d if shape else None,
+            "p": shape.p if shape else None, "groups": shape.groups if shape else None,
+            "calls": len(calls), "choice": choice, "_module": module})
+
+    def _validate(self, rule: LayerRule, call: Call) -> None:
+        inputs = _tensors((call.args, call.kwargs))
+        if any(x._version != v for x, v in zip(inputs, call.versions)):
+            raise DpbenchError(f"an input of module '{rule.name}' was modified in place after the module "
+                               "used it; per-sample gradients need it unchanged (use inplace=False there)")
+        B = self._norm_sq.shape[0]
+        if not isinstance(rule, GenericRule) and call.args[0].shape[0] != B:
+            raise DpbenchError(f"module '{rule.name}' got an input with leading dimension "
+                               f"{call.args[0].shape[0]}, but the batch has {B} losses: dpbench needs "
+                               "batch-first inputs in every layer")
+
+    def backward(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-sample norms, then ADD the clipped sum to every trainable p.grad; returns the norms."""
+        if not self._calls:
+            raise DpbenchError("no forward pass was recorded before backward: run the model with "
+                               "gradients enabled on the batch whose per-sample losses you pass")
+        two_pass = self.algorithm.sums == "second_backward"
+        dtype = torch.promote_types(losses.dtype, torch.float32)
+        self._norm_sq = torch.zeros(losses.shape[0], dtype=dtype, device=losses.device)
+        self._kept: list = []
+        self.layer_report = []
+        inputs = self._frontier + [p for p in self.generic_params if p.requires_grad]
+        self._collecting = True
+        try:
+            torch.autograd.grad(losses, inputs, grad_outputs=torch.ones_like(losses),
+                                retain_graph=two_pass, allow_unused=True)
+            for module in list(self._calls):
+                self._process(module)
+        finally:
+            self._collecting = False
+            self._calls, self._frontier = {}, []
+        self.layer_report.sort(key=lambda r: self._order[r.pop("_module")])
+        norms = self._norm_sq.sqrt()
+        coef = (self.max_grad_norm / norms).clamp(max=1.0)
+        if two_pass:
+            torch.autograd.backward(losses, grad_tensors=coef.to(losses.dtype))
+        else:
+            self._add_book_kept_sums(coef)
+        self._norm_sq, self._kept = None, []
+        return norms
+
+    def _add_book_kept_sums(self, coef: torch.Tensor) -> None:
+        while self._kept:
+            rule, choice, kept = self._kept.pop()
+            sums = weighted_sum(kept, coef) if choice == INSTANTIATE else rule.clipped_sum(kept, coef)
+            for name, value in sums.items():
+                p = rule.params[name]
+                value = value.to(p.dtype)
+                if p.grad is None:
+                    p.grad = value
+                else:
+                    p.grad.add_(value)
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._use_check is not None:
+            self._use_check.abort()
+
