@@ -5,8 +5,8 @@
     create_model("vit_tiny_patch16_224", image_size=32)         # timm, BatchNorm -> GroupNorm if any
 
 Names of the dpbench zoo shadow timm's (vgg11, resnet18, ...); prefix "timm:" to get timm's model.
-Every model is DP-ready: no BatchNorm (GroupNorm with min(32, C) groups), no in-place operation on a
-layer's output. See `dpbench.models.cifar`, `dpbench.models.cnn` and `dpbench.models.timm_models`.
+Every model is DP-ready: no BatchNorm (GroupNorm, groups as in dpbench.clipping.replace_batchnorm), no
+in-place operation on a layer's output. See `dpbench.models.cifar`, `dpbench.models.cnn` and `dpbench.models.timm_models`.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ import timm
 import torch
 from torch import nn
 
+from dpbench.clipping import replace_batchnorm
 from dpbench.errors import DpbenchError
-from dpbench.models.norm import disable_inplace, group_norm
+from dpbench.models.norm import disable_inplace
 
 HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -71,20 +72,6 @@ def hub_reachable() -> bool:
             return True
     except OSError:
         return False
-
-
-def replace_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm module by GroupNorm(min(32, C), C), keeping the affine parameters."""
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                norm = group_norm(child.num_features)
-                if child.affine:
-                    with torch.no_grad():
-                        norm.weight.copy_(child.weight)
-                        norm.bias.copy_(child.bias)
-                setattr(parent, child_name, norm)
-    return model
 
 
 def create_timm_model(name: str, num_classes: int, image_size: int | None, in_channels: int,
