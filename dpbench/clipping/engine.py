@@ -49,6 +49,8 @@ class PrivacyEngine:
         self.generator = generator
         self.parameters = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
         self.per_sample_norms: torch.Tensor | None = None
+        # per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice
+        self.layer_report: list[dict] = []
         if self.algorithm.backend != "plain":
             refuse_batchnorm(model)
             _shared_parameters(model)
@@ -60,11 +62,6 @@ class PrivacyEngine:
             self._backend = OpacusBackend(model, self.algorithm.norms, self.max_grad_norm)
         else:
             self._backend = None
-
-    @property
-    def layer_report(self) -> list[dict]:
-        """Per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice."""
-        return self._backend.layer_report if self._backend is not None else []
 
     def backward(self, losses: torch.Tensor) -> None:
         """Add the clipped sum of per-sample gradients of `losses` (shape [B]) to every p.grad."""
@@ -80,6 +77,7 @@ class PrivacyEngine:
             self.per_sample_norms = None
         else:
             self.per_sample_norms = self._backend.backward(losses).detach()
+            self.layer_report = self._backend.layer_report
 
     def add_noise(self) -> None:
         """Add N(0, σ²R²) to every trainable parameter's gradient (creating zero gradients if absent)."""

@@ -1,0 +1,43 @@
+"""`dpbench bench`: time full DP-SGD training steps of one configuration and record its peak memory."""
+
+from __future__ import annotations
+
+import sys
+
+from dpbench.measure import MeasurementFailed, bench_result
+from dpbench.measure.cli_args import add_config_arguments, config_from_args, one_line_errors, positive_int
+from dpbench.measure.memory import format_bytes
+from dpbench.results import write_json_atomic
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="throughput and peak memory of one configuration (fresh process)")
+    one_line_errors(p)
+    add_config_arguments(p, steps=10, warmup=3)
+    p.add_argument("--batch-size", type=positive_int, required=True)
+    p.add_argument("--out", required=True, help="result JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    config = config_from_args(args, args.batch_size)
+    try:
+        result = bench_result(config)
+    except MeasurementFailed as failure:
+        sys.stderr.write(failure.log)
+        print(f"dpbench bench: error: {failure}", file=sys.stderr)
+        return 1
+    write_json_atomic(args.out, result)
+    print(summary(result))
+    return 0
+
+
+def summary(result: dict) -> str:
+    """One line for the terminal."""
+    c = result["config"]
+    name = f"{c['algorithm']} {c['model']} batch {c['batch_size']} {c['image_size']}² {c['device']}"
+    if result["oom"]:
+        return f"{name}: out of memory ({result['error']})"
+    return (f"{name}: {result['step_time_s']['median']:.4f} s/step, "
+            f"{result['throughput_img_s']['median']:.1f} img/s, peak {format_bytes(result['peak_memory_bytes'])} "
+            f"({result['memory_method']})")

@@ -1,0 +1,378 @@
+"""Predicted time (FLOPs) and extra memory (elements) of every clipping algorithm, layer by layer.
+
+The paper's complexity analysis made executable. A layer with trainable parameters computes, per
+sample and per group, y = A·Wᵀ (+ b) with A ∈ R^{T×d} its (unfolded) input and W ∈ R^{p×d}:
+T = output positions (tokens, pixels), d = inputs per group (C_in/groups·∏kernel for a conv),
+p = outputs per group, g = groups. B is the batch size; a multiply-add counts 2 FLOPs, a plain add,
+comparison or scale 1. Let F = 2·B·T·p·d·g (one matmul of the layer) and b = p·g if the layer has
+a bias (else 0).
+
+Primitives of a Linear or Conv layer (costs of the first layer's input gradient are 0: autograd
+skips it because the image needs no gradient):
+
+    forward              F + B·T·b                 (bias add)
+    input gradient       F                         (0 for the first layer)
+    weight gradient      F + B·T·b                 (Σ over batch; bias: Σ over batch and positions)
+    ghost norm           B·g·(2T²d + 2T²p + 2T²)   Gram matrices A Aᵀ, G Gᵀ (T×T) and their inner product;
+                                                   for T = 1 it is ‖a‖²·‖g‖²: B·g·(2d + 2p + 1)
+                         + B·T·b + 2B·b            per-sample bias gradient Σ_t G and its squared norm
+                         memory 2·B·T²·g (the two Grams; 0 if T = 1)
+    instantiation        F + 2·B·p·d·g             per-sample gradients Gᵀ A and their squared norms
+                         + B·T·b + 2B·b            (bias as above);  memory B·(p·d·g + b)
+    unfold (conv only)   memory B·T·d·g            im2col copy of the input that ghost norms and
+                                                   instantiation need (0 FLOPs: a copy)
+    weighted sum         2·B·(p·d·g + b)           Σᵢ Cᵢ gᵢ of instantiated gradients
+    book-kept sum        F + B·T·p·g + B·T·b       (Cᵢ·G)ᵀA from the stored output gradient G
+                         memory B·T·p·g            G stored from the backward until the clipping factors
+
+nn.Embedding (T indices, d = vocabulary V, p = embedding dim D, no arithmetic in forward):
+weight gradient B·T·D (index_add); ghost norm B·(2T²D + 3T²) (Gram of G, index equality mask,
+inner product), memory 2·B·T²; instantiation B·T·D + 2·B·V·D, memory B·V·D (a dense per-sample
+table); weighted sum 2·B·V·D; book-kept sum 2·B·T·D, stored G memory B·T·D.
+
+LayerNorm / GroupNorm (C affine channels, T positions per channel, P trainable affine parameters):
+forward 7·B·T·C (mean 1, centre 1, variance 2, scale 1, affine 2); input gradient 8·B·T·C
+(γ·g, two means, x̂-product, two subtractions, scale); weight gradient 3·B·T·C (Σ g·x̂, Σ g);
+instantiation = recompute x̂ (5·B·T·C) + 3·B·T·C + norms 2·B·P, memory B·P plus 2·B·T·C scratch;
+weighted sum 2·B·P. There is no ghost norm (the per-sample gradient is as small as the layer).
+
+Other trainable parameters (a bare nn.Parameter such as a ViT's cls_token or pos_embed, or a module
+without a specific rule; P parameters): modelled as used additively, so the batch gradient costs
+B·P, the per-sample gradient is a slice of the output gradient, its norm 2·B·P, memory B·P. The
+per-sample replay of such a module (torch.func) is not modelled.
+
+Algorithms, per layer (two-pass algorithms: the first backward forms output gradients and norms but
+no parameter gradient, the second backward of Σ Cᵢ Lᵢ forms everything again; book-keeping (BK)
+forms the clipped sum from stored output gradients in the single backward):
+
+    nonprivate     fwd + in + wgrad                                  extra memory 0
+    opacus         fwd + in + wgrad + inst + wsum                    per-sample gradients of ALL layers held
+    opacus_ghost   fwd + 2·in + 2·wgrad + (ghost for Linear/Embedding, inst otherwise)   one layer at a time
+    per_sample     fwd + in + inst + wsum                            per-sample gradients of ALL layers held
+    fastgradclip   fwd + 2·in + wgrad + inst                         one layer at a time
+    ghost          fwd + 2·in + wgrad + ghost (inst where no ghost)  one layer at a time
+    mixed_ghost    fwd + 2·in + wgrad + (ghost if 2T²·g ≤ p·d·g else inst)   one layer at a time
+    bk_ghost       fwd + in + ghost + bk-sum (inst + wsum where no ghost)   stored G (or gradients) held
+    bk_mixed       fwd + in + mixed branch: ghost + bk-sum | inst + wsum    held as above
+
+Opacus' wgrad counts because autograd still forms the plain parameter gradients; Opacus' ghost mode
+(1.6) has true ghost norms only for Linear and Embedding and runs its first backward with parameter
+gradients. Memory of a layer = held + transient elements; the model TOTAL is Σ held + max transient
+(transient buffers of different layers never coexist). Activations that autograd saves anyway and
+parameter-free operations (activations, pooling, attention's matmuls) are the same for every
+algorithm and are not counted. The mixed column is the engine's rule (dpbench.clipping.decision).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from dpbench.clipping.decision import GHOST, INSTANTIATE, ghost_space, instantiate_space, mixed_choice
+
+ALGORITHM_NAMES = ("nonprivate", "opacus", "opacus_ghost", "per_sample", "fastgradclip", "ghost",
+                   "mixed_ghost", "bk_ghost", "bk_mixed")
+FAMILIES = ("linear", "conv", "embedding", "norm", "generic")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One module with trainable parameters, as seen in one forward of one sample."""
+
+    name: str
+    type: str
+    family: str  # one of FAMILIES
+    T: int | None
+    d: int | None
+    p: int | None
+    groups: int | None
+    params: int  # trainable parameters of the module itself
+    bias: int  # trainable bias elements (0 if none)
+    input_grad: bool  # does autograd form the gradient of the layer's input?
+
+    @property
+    def has_ghost(self) -> bool:
+        return self.family in ("linear", "conv", "embedding")
+
+    @property
+    def choice(self) -> str:
+        """The mixed rule: ghost iff 2T²·g ≤ p·d·g; layers without a ghost norm instantiate."""
+        return mixed_choice(self.T, self.d, self.p, self.groups) if self.has_ghost else INSTANTIATE
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Predicted FLOPs and extra memory (elements): held until clipping, or transient in one layer."""
+
+    time: float
+    held: float = 0
+    transient: float = 0
+
+    @property
+    def memory(self) -> float:
+        return self.held + self.transient
+
+
+# ---- layers ------------------------------------------------------------------------------------
+
+def _family(module: nn.Module, name: str) -> str | None:
+    """The engine's rule family for a module's own trainable parameters (None without any)."""
+    from dpbench.clipping.layers import rule_for
+    from dpbench.clipping.layers.conv import ConvRule
+    from dpbench.clipping.layers.embedding import EmbeddingRule
+    from dpbench.clipping.layers.linear import LinearRule
+    from dpbench.clipping.layers.norms import GroupNormRule, LayerNormRule
+
+    rule = rule_for(module, name)
+    if rule is None:
+        return None
+    for cls, family in ((LinearRule, "linear"), (ConvRule, "conv"), (EmbeddingRule, "embedding"),
+                        (LayerNormRule, "norm"), (GroupNormRule, "norm")):
+        if isinstance(rule, cls):
+            return family
+    return "generic"
+
+
+def _positions(family: str, module: nn.Module, inputs: tuple, output) -> int | None:
+    """T of one call of the layer, for one sample."""
+    if family == "linear":
+        return inputs[0][0].numel() // module.in_features
+    if family == "conv":
+        return math.prod(output.shape[2:])
+    if family == "embedding":
+        return inputs[0][0].numel()
+    if family == "norm":
+        return output[0].numel() // _norm_channels(module)
+    return None
+
+
+def _norm_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    return math.prod(module.normalized_shape)
+
+
+def _dimensions(family: str, module: nn.Module) -> tuple[int | None, int | None, int | None]:
+    """d, p, groups of a layer (per group, as in the mixed rule)."""
+    if family == "linear":
+        return module.in_features, module.out_features, 1
+    if family == "conv":
+        g = module.groups
+        return module.in_channels // g * math.prod(module.kernel_size), module.out_channels // g, g
+    if family == "embedding":
+        return module.num_embeddings, module.embedding_dim, 1
+    if family == "norm":
+        return 1, _norm_channels(module), 1
+    return None, None, None
+
+
+def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
+    """Every module with trainable parameters, with its T, d, p from one forward of `example` (batch 1).
+
+    A module called several times is one layer whose T is the sum over its calls (as in the engine).
+    """
+    seen: dict[nn.Module, dict] = {}
+    handles = []
+    for name, module in model.named_modules():
+        family = _family(module, name or type(model).__name__)
+        if family is None:
+            continue
+        entry = {"name": name or type(model).__name__, "family": family, "T": 0, "input_grad": False, "calls": 0}
+        seen[module] = entry
+
+        def hook(module, inputs, output, entry=entry):
+            T = _positions(entry["family"], module, inputs, output)
+            entry["T"] = (entry["T"] + T) if T is not None else None
+            entry["calls"] += 1
+            entry["input_grad"] |= any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    layers = []
+    for module, entry in seen.items():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        d, p, groups = _dimensions(entry["family"], module)
+        generic = entry["family"] == "generic"
+        layers.append(Layer(
+            name=entry["name"], type=type(module).__name__, family=entry["family"],
+            T=None if generic or entry["calls"] == 0 else entry["T"], d=d, p=p, groups=groups,
+            params=sum(x.numel() for _, x in own), bias=sum(x.numel() for n, x in own if n == "bias"),
+            input_grad=entry["input_grad"] or generic))
+    return layers
+
+
+# ---- costs -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Primitives:
+    """The building blocks of every algorithm's cost for one layer at batch B (see module docstring)."""
+
+    forward: float
+    input_grad: float
+    weight_grad: float
+    ghost: Cost | None  # time and transient memory of the ghost norm; None if the layer has none
+    instantiate: Cost  # time; held = the per-sample gradients; transient = scratch (unfold, x̂)
+    weighted_sum: float
+    bookkept_sum: Cost | None  # time; held = stored output gradients; None without a ghost norm
+
+
+def primitives(layer: Layer, B: int) -> Primitives:
+    """Primitive costs of one layer at batch size B."""
+    if layer.family in ("linear", "conv"):
+        return _matmul_primitives(layer, B)
+    if layer.family == "embedding":
+        T, V, D = layer.T, layer.d, layer.p
+        return Primitives(
+            forward=0, input_grad=0, weight_grad=B * T * D,
+            ghost=Cost(B * (2 * T * T * D + 3 * T * T), transient=2 * B * T * T),
+            instantiate=Cost(B * T * D + 2 * B * V * D, held=B * V * D),
+            weighted_sum=2 * B * V * D, bookkept_sum=Cost(2 * B * T * D, held=B * T * D))
+    if layer.family == "norm":
+        T, C, P = layer.T, layer.p, layer.params
+        weight = P - layer.bias  # affine weight elements (0 without elementwise_affine weight)
+        grad_work = (2 * B * T * C if weight else 0) + (B * T * C if layer.bias else 0)
+        return Primitives(
+            forward=7 * B * T * C, input_grad=8 * B * T * C if layer.input_grad else 0, weight_grad=grad_work,
+            ghost=None,
+            instantiate=Cost(5 * B * T * C + grad_work + 2 * B * P, held=B * P, transient=2 * B * T * C),
+            weighted_sum=2 * B * P, bookkept_sum=None)
+    P = layer.params
+    return Primitives(forward=0, input_grad=0, weight_grad=B * P, ghost=None,
+                      instantiate=Cost(2 * B * P, held=B * P), weighted_sum=2 * B * P, bookkept_sum=None)
+
+
+def _matmul_primitives(layer: Layer, B: int) -> Primitives:
+    T, d, p, g, b = layer.T, layer.d, layer.p, layer.groups, layer.bias
+    F = 2 * B * T * p * d * g
+    unfold = B * T * d * g if layer.family == "conv" else 0
+    bias_norm = B * T * b + 2 * B * b
+    if T == 1:
+        ghost = Cost(B * g * (2 * d + 2 * p + 1) + bias_norm, transient=unfold)
+    else:
+        ghost = Cost(B * g * (2 * T * T * d + 2 * T * T * p + 2 * T * T) + bias_norm,
+                     transient=2 * B * T * T * g + unfold)
+    return Primitives(
+        forward=F + B * T * b, input_grad=F if layer.input_grad else 0, weight_grad=F + B * T * b,
+        ghost=ghost,
+        instantiate=Cost(F + 2 * B * p * d * g + bias_norm, held=B * (p * d * g + b), transient=unfold),
+        weighted_sum=2 * B * (p * d * g + b),
+        bookkept_sum=Cost(F + B * T * p * g + B * T * b, held=B * T * p * g))
+
+
+def algorithm_costs(layer: Layer, B: int = 1) -> dict[str, Cost]:
+    """Predicted cost of the layer under every algorithm (ALGORITHM_NAMES) at batch size B."""
+    k = primitives(layer, B)
+    inst = k.instantiate
+    ghost = k.ghost or inst
+    mixed = ghost if layer.choice == GHOST else inst
+    plain = k.forward + k.input_grad + k.weight_grad
+    two_pass = k.forward + 2 * k.input_grad + k.weight_grad
+
+    def discarded(norm: Cost, time: float) -> Cost:
+        """Norm computed and its buffers freed before the next layer (nothing held)."""
+        return Cost(time + norm.time, transient=norm.held + norm.transient)
+
+    def bookkept(norm: Cost) -> Cost:
+        if norm is inst:  # instantiated gradients are kept and summed
+            return Cost(k.forward + k.input_grad + inst.time + k.weighted_sum, inst.held, inst.transient)
+        s = k.bookkept_sum
+        return Cost(k.forward + k.input_grad + norm.time + s.time, s.held, norm.transient)
+
+    opacus_norm = ghost if layer.family in ("linear", "embedding") else inst
+    return {
+        "nonprivate": Cost(plain),
+        "opacus": Cost(plain + inst.time + k.weighted_sum, inst.held, inst.transient),
+        "opacus_ghost": discarded(opacus_norm, k.forward + 2 * k.input_grad + 2 * k.weight_grad),
+        "per_sample": Cost(k.forward + k.input_grad + inst.time + k.weighted_sum, inst.held, inst.transient),
+        "fastgradclip": discarded(inst, two_pass),
+        "ghost": discarded(ghost, two_pass),
+        "mixed_ghost": discarded(mixed, two_pass),
+        "bk_ghost": bookkept(ghost),
+        "bk_mixed": bookkept(mixed),
+    }
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+def complexity_table(layers: list[Layer], model: str, image_size: int, batch_size: int = 1) -> pd.DataFrame:
+    """One row per layer plus a TOTAL row (Σ time; memory Σ held + max transient)."""
+    rows, totals = [], {a: [0.0, 0.0, 0.0] for a in ALGORITHM_NAMES}  # time, held, max transient
+    for layer in layers:
+        costs = algorithm_costs(layer, batch_size)
+        ghost_ok = layer.has_ghost
+        row = {"model": model, "image_size": image_size, "batch_size": batch_size, "layer": layer.name,
+               "type": layer.type, "family": layer.family, "T": layer.T, "d": layer.d, "p": layer.p,
+               "groups": layer.groups, "params": layer.params,
+               "ghost_space": ghost_space(layer.T, layer.groups) if ghost_ok else None,
+               "instantiate_space": instantiate_space(layer.d, layer.p, layer.groups) if ghost_ok else layer.params,
+               "choice": layer.choice}
+        for a, c in costs.items():
+            row[f"time_{a}"] = c.time
+            row[f"mem_{a}"] = c.memory
+            totals[a][0] += c.time
+            totals[a][1] += c.held
+            totals[a][2] = max(totals[a][2], c.transient)
+        rows.append(row)
+    total = {"model": model, "image_size": image_size, "batch_size": batch_size, "layer": "TOTAL",
+             "params": sum(layer.params for layer in layers)}
+    for a, (time, held, transient) in totals.items():
+        total[f"time_{a}"] = time
+        total[f"mem_{a}"] = held + transient
+    frame = pd.DataFrame(rows + [total])
+    for column in ("T", "d", "p", "groups", "ghost_space", "instantiate_space"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def model_complexity(model_name: str, image_size: int | None = None, num_classes: int = 10,
+                     batch_size: int = 1) -> pd.DataFrame:
+    """The complexity table of a registry model at a given input size (BatchNorm → GroupNorm)."""
+    from dpbench.clipping import replace_batchnorm
+    from dpbench.models import create_model, default_image_size
+
+    image_size = image_size or default_image_size(model_name)
+    model = create_model(model_name, num_classes=num_classes, image_size=image_size)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = replace_batchnorm(model)
+    model.train()
+    in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), 3)
+    example = torch.zeros(1, in_channels, image_size, image_size)
+    return complexity_table(collect_layers(model, example), model_name, image_size, batch_size)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A Markdown report: model totals per algorithm (with ratios to nonprivate), then the layers."""
+    total = frame[frame["layer"] == "TOTAL"].iloc[0]
+    first = frame.iloc[0]
+    base = total["time_nonprivate"]
+    summary = pd.DataFrame([{"algorithm": a, "time (FLOPs)": f"{total[f'time_{a}']:.3g}",
+                             "time / nonprivate": f"{total[f'time_{a}'] / base:.2f}" if base else "n/a",
+                             "extra memory (elements)": f"{total[f'mem_{a}']:.3g}"} for a in ALGORITHM_NAMES])
+    layers = frame.copy()
+    numeric = [c for c in layers.columns if c.startswith(("time_", "mem_")) or c in ("ghost_space", "instantiate_space")]
+    for column in numeric:
+        layers[column] = layers[column].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    layers = layers.drop(columns=["model", "image_size", "batch_size"]).astype(object).fillna("")
+    choices = frame["choice"].dropna()
+    return "\n".join([
+        f"# Complexity of {first['model']} at {first['image_size']}×{first['image_size']}, batch {first['batch_size']}",
+        "",
+        f"{len(frame) - 1} layers with trainable parameters, {int(total['params'])} parameters; mixed rule: "
+        f"{(choices == GHOST).sum()} ghost, {(choices == INSTANTIATE).sum()} instantiate. "
+        "Formulas: `dpbench/complexity.py` (module docstring). Memory: extra elements over non-private; "
+        "TOTAL = Σ held + max transient.",
+        "",
+        summary.to_markdown(index=False),
+        "",
+        layers.to_markdown(index=False),
+        "",
+    ])

@@ -1,0 +1,65 @@
+"""Throughput, peak memory and maximal batch size of one training configuration.
+
+`bench_result(config)` measures one configuration in a fresh process (see child.py for what is timed
+and how memory is read) and returns the `kind: bench` result; `maxbatch_result(...)` searches the
+largest batch size that fits a memory budget, one fresh process per probe (search.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from dpbench.measure.child import CPU_METHOD, CUDA_METHOD
+from dpbench.measure.config import BenchConfig
+from dpbench.measure.runner import MeasurementFailed, run_in_fresh_process
+from dpbench.measure.search import ProbeResult, SearchResult, search_max_batch
+from dpbench.results import environment
+
+__all__ = ["BenchConfig", "MeasurementFailed", "ProbeResult", "SearchResult", "bench_result",
+           "maxbatch_result", "probe", "search_max_batch"]
+
+PROBE_WARMUP = 1
+PROBE_STEPS = 1
+
+
+def bench_result(config: BenchConfig) -> dict:
+    """The `kind: bench` result of one configuration, measured in a fresh process."""
+    measured = run_in_fresh_process(config)
+    env = measured.pop("environment", None) or environment(config.device, config.dtype, config.seed)
+    return {"kind": "bench", "config": config.as_dict(), **measured, "environment": env}
+
+
+def probe(config: BenchConfig, memory_budget_bytes: int) -> ProbeResult:
+    """Does `config` fit? Fails on an out-of-memory error or, on CPU, a peak above the budget."""
+    on_cpu = torch.device(config.device).type == "cpu"
+    measured = run_in_fresh_process(config, cpu_memory_budget=memory_budget_bytes if on_cpu else None,
+                                    cuda_memory_budget=None if on_cpu else memory_budget_bytes)
+    peak = measured.get("peak_memory_bytes")
+    if measured.get("killed") == "over_budget" or (not measured["oom"] and peak is not None and peak > memory_budget_bytes):
+        return ProbeResult(config.batch_size, False, peak, "over_budget")
+    if measured["oom"]:
+        return ProbeResult(config.batch_size, False, peak, "oom")
+    return ProbeResult(config.batch_size, True, peak, None)
+
+
+def maxbatch_result(config: BenchConfig, memory_budget_bytes: int, start: int, limit: int,
+                    tolerance: int) -> dict:
+    """The `kind: maxbatch` result: the largest batch size of `config` within the budget, with its probes."""
+    def fits(batch_size: int) -> ProbeResult:
+        return probe(replace(config, batch_size=batch_size), memory_budget_bytes)
+
+    found = search_max_batch(fits, start, limit, tolerance)
+    return {
+        "kind": "maxbatch",
+        "config": {"algorithm": config.algorithm, "model": config.model, "image_size": config.image_size,
+                   "num_classes": config.num_classes, "device": config.device, "dtype": config.dtype,
+                   "memory_budget_bytes": memory_budget_bytes, "tolerance": tolerance, "start": start,
+                   "limit": limit, "seed": config.seed, "threads": config.threads,
+                   "warmup": config.warmup, "steps": config.steps},
+        "max_batch_size": found.max_batch_size,
+        "probes": [p.as_dict() for p in found.probes],
+        "memory_method": CPU_METHOD if torch.device(config.device).type == "cpu" else CUDA_METHOD,
+        "environment": environment(config.device, config.dtype, config.seed),
+    }

@@ -1,0 +1,5 @@
+import sys
+
+from dpbench.measure.child import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""The measurement itself, run in a fresh process (`python -m dpbench.measure`) per configuration.
+
+The process records its resident memory after the imports and before the model is built (the
+baseline), writes it to a status file so the parent can guard the memory budget, builds the model,
+engine and a fixed synthetic batch, runs warm-up steps, then times full training steps
+(forward, engine.backward, engine.add_noise, optimizer.step, zero_grad) with the device synchronised
+before every clock read. Peak memory: on CUDA the allocator's peak (reset after warm-up); on CPU the
+peak RSS of this process minus the baseline (the peak is reset to the baseline first where Linux allows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dpbench.errors import DpbenchError
+from dpbench.measure.config import BenchConfig
+from dpbench.measure.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+
+CUDA_METHOD = "cuda_max_memory_allocated"
+CPU_METHOD = "cpu_peak_rss_minus_baseline"
+
+# Error texts that mean "the step did not fit in memory" (CUDA, cuDNN, cuBLAS, CPU allocator).
+_OOM_MARKERS = (
+    "out of memory",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_SUPPORTED",  # cuDNN's answer to workspaces it cannot allocate
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True if the error is an allocation failure on the device (the probe does not fit)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OOM_MARKERS)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quantiles(values: list[float]) -> dict:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        q25 = q75 = ordered[0]
+    else:
+        q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
+    return {"median": statistics.median(ordered), "q25": q25, "q75": q75}
+
+
+def build(config: BenchConfig, device: torch.device):
+    """Model, engine, optimizer and the fixed synthetic batch of one configuration."""
+    from dpbench.clipping import PrivacyEngine, replace_batchnorm
+    from dpbench.models import create_model, default_image_size
+
+    dtype = getattr(torch, config.dtype)
+    image_size = config.image_size or default_image_size(config.model)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=config.num_classes, image_size=image_size)
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_batchnorm:
+        model = replace_batchnorm(model)
+    model = model.to(device=device, dtype=dtype).train()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
+                           noise_multiplier=config.noise_multiplier, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    data_generator = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(config.batch_size, 3, image_size, image_size, generator=data_generator).to(device, dtype)
+    y = torch.randint(0, config.num_classes, (config.batch_size,), generator=data_generator).to(device)
+    info = {"batchnorm_replaced": has_batchnorm,
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return model, engine, optimizer, x, y, info
+
+
+def train_step(model, engine, optimizer, x, y) -> None:
+    """One full DP-SGD step as a user runs it."""
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    engine.backward(losses)
+    engine.add_noise()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_bytes: int | None = None) -> dict:
+    """Run one configuration in this (fresh) process and return the measured fields of the result."""
+    device = torch.device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if memory_budget_bytes:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
+    import dpbench.clipping  # noqa: F401  (imports belong to the baseline, not to the step)
+    import dpbench.models  # noqa: F401
+
+    baseline = current_rss_bytes()
+    peak_reset = reset_peak_rss()
+    if status_path is not None:
+        status_path.write_text(json.dumps({"baseline_rss_bytes": baseline}))
+    result = {"oom": False, "error": None, "step_time_s": None, "throughput_img_s": None,
+              "memory_method": CUDA_METHOD if device.type == "cuda" else CPU_METHOD,
+              "baseline_memory_bytes": baseline if device.type == "cpu" else None,
+              "cpu_peak_reset": peak_reset if device.type == "cpu" else None}
+    info = {}
+    try:
+        model, engine, optimizer, x, y, info = build(config, device)
+        for _ in range(config.warmup):
+            train_step(model, engine, optimizer, x, y)
+        _synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(config.steps):
+            _synchronize(device)
+            start = time.perf_counter()
+            train_step(model, engine, optimizer, x, y)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 (only memory failures are results; others re-raised)
+        if not is_out_of_memory(error):
+            raise
+        result.update(oom=True, error=str(error).strip().splitlines()[0][:300])
+        times = None
+    result["peak_memory_bytes"] = _peak(device, baseline)
+    result.update(info)
+    if times is not None:
+        result["step_time_s"] = {**_quantiles(times), "min": min(times), "max": max(times), "samples": times}
+        result["throughput_img_s"] = _quantiles([config.batch_size / t for t in times])
+    return result
+
+
+def _peak(device: torch.device, baseline: int) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return max(0, peak_rss_bytes() - baseline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of the measuring process: read the configuration, write the result file."""
+    parser = argparse.ArgumentParser(prog="python -m dpbench.measure")
+    parser.add_argument("--config", required=True, help="BenchConfig as JSON")
+    parser.add_argument("--result", required=True, type=Path, help="where to write the result JSON")
+    parser.add_argument("--status", type=Path, help="where to write the baseline memory once known")
+    parser.add_argument("--memory-budget-bytes", type=int, help="cap the CUDA allocator at this size")
+    args = parser.parse_args(argv)
+    config = BenchConfig.from_dict(json.loads(args.config))
+    try:
+        result = measure(config, args.status, args.memory_budget_bytes)
+    except DpbenchError as error:
+        args.result.write_text(json.dumps({"user_error": str(error)}))
+        return 2
+    except Exception:  # noqa: BLE001 (shown by the parent, which aborts)
+        traceback.print_exc()
+        return 1
+    from dpbench.results import environment
+
+    result["environment"] = environment(config.device, config.dtype, config.seed)
+    args.result.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

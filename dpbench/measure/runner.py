@@ -1,0 +1,100 @@
+"""Run one measurement in a fresh Python process and guard its memory from the outside.
+
+The child (dpbench.measure.child) reports its baseline RSS through a status file; while it runs, the
+parent polls its RSS and kills it (SIGKILL, by pid) when RSS − baseline exceeds the CPU memory budget,
+or when the machine's available memory falls below a safety floor, so that a probe far above the budget
+is counted as not fitting instead of swapping or waking the kernel's OOM killer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from dpbench.errors import DpbenchError
+from dpbench.measure.child import CPU_METHOD
+from dpbench.measure.config import BenchConfig
+
+POLL_SECONDS = 0.05
+
+
+class MeasurementFailed(Exception):
+    """The measuring process failed for a reason other than memory; carries its stderr."""
+
+    def __init__(self, message: str, log: str):
+        super().__init__(message)
+        self.log = log
+
+
+def system_memory_floor() -> int:
+    """Available memory below which a measuring process is killed: 3% of RAM, at least 512 MiB."""
+    return max(512 * 1024**2, psutil.virtual_memory().total * 3 // 100)
+
+
+def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = None,
+                         cuda_memory_budget: int | None = None) -> dict:
+    """Measure `config` in a new process; returns the child's result fields.
+
+    A process killed for memory returns {"oom": True, "killed": reason, ...} with the largest
+    RSS − baseline seen as its peak. A DpbenchError in the child is raised again here; any other
+    failure raises MeasurementFailed with the child's stderr.
+    """
+    with tempfile.TemporaryDirectory(prefix="dpbench-measure-") as tmp:
+        tmp = Path(tmp)
+        result_path, status_path, log_path = tmp / "result.json", tmp / "status.json", tmp / "stderr.log"
+        command = [sys.executable, "-m", "dpbench.measure", "--config", json.dumps(config.as_dict()),
+                   "--result", str(result_path), "--status", str(status_path)]
+        if cuda_memory_budget:
+            command += ["--memory-budget-bytes", str(cuda_memory_budget)]
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            killed, peak_seen, baseline = _guard(process, status_path, cpu_memory_budget)
+        log_text = log_path.read_text(errors="replace")
+        if killed is None and process.returncode == -signal.SIGKILL:
+            killed = "killed by SIGKILL (the kernel's out-of-memory killer?)"
+        if killed is not None:
+            return {"oom": True, "error": f"measuring process killed: {killed}", "killed": killed,
+                    "step_time_s": None, "throughput_img_s": None, "peak_memory_bytes": peak_seen,
+                    "memory_method": CPU_METHOD, "baseline_memory_bytes": baseline}
+        if process.returncode == 2 and result_path.exists():
+            raise DpbenchError(json.loads(result_path.read_text())["user_error"])
+        if process.returncode != 0 or not result_path.exists():
+            last = next((line for line in reversed(log_text.strip().splitlines()) if line.strip()), "")
+            raise MeasurementFailed(f"measuring process exited with {process.returncode}: {last}", log_text)
+        return json.loads(result_path.read_text())
+
+
+def _guard(process: subprocess.Popen, status_path: Path, budget: int | None):
+    """Wait for the process; kill it if it goes over budget or the machine runs out of memory."""
+    floor = system_memory_floor()
+    watched = psutil.Process(process.pid)
+    baseline, peak_seen, killed = None, None, None
+    while process.poll() is None:
+        time.sleep(POLL_SECONDS)
+        if baseline is None and status_path.exists():
+            try:
+                baseline = json.loads(status_path.read_text())["baseline_rss_bytes"]
+            except (ValueError, KeyError):
+                pass  # written but not yet complete
+        try:
+            rss = watched.memory_info().rss
+        except psutil.Error:
+            continue
+        if baseline is not None:
+            peak_seen = max(peak_seen or 0, rss - baseline)
+            if budget is not None and rss - baseline > budget:
+                killed = "over_budget"
+        if killed is None and psutil.virtual_memory().available < floor:
+            killed = f"system memory nearly exhausted (< {floor // 1024**2} MiB available)"
+        if killed is not None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    return killed, peak_seen, baseline

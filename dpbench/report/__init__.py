@@ -1,0 +1,1 @@
+"""Tables (pandas), figures (seaborn) and the paper-reproduction report built from dpbench result files."""

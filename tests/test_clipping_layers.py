@@ -1,0 +1,243 @@
+"""Every layer rule against the brute-force oracle, over seeded random configurations (float64)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from oracle import OWN_ALGORITHMS, check_algorithm, oracle
+
+torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+SEEDS = range(12)
+
+
+def run_all(model, x, target=None, algorithms=OWN_ALGORITHMS, rtol=1e-9):
+    model = model.double()
+    reference = oracle(model, x, target)
+    return [check_algorithm(model, x, target, a, rtol=rtol, reference=reference) for a in algorithms]
+
+
+def random_linear(rng: random.Random):
+    d, p = rng.randint(1, 9), rng.randint(1, 9)
+    B = rng.randint(2, 5)
+    middle = [rng.randint(1, 4) for _ in range(rng.randint(0, 2))]
+    layer = nn.Linear(d, p, bias=rng.random() < 0.6)
+    return layer, torch.randn(B, *middle, d)
+
+
+def random_conv(rng: random.Random):
+    nd = rng.choice([1, 2, 2, 3])
+    groups = rng.choice([1, 1, 2, 3])
+    c_in = groups * rng.randint(1, 3)
+    c_out = groups * rng.randint(1, 3)
+    k = tuple(rng.randint(1, 3) for _ in range(nd))
+    dilation = tuple(rng.randint(1, 2) for _ in range(nd))
+    mode = rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])
+    padding = rng.choice(["int", "same", "valid"])
+    stride = tuple(rng.randint(1, 2) for _ in range(nd)) if padding != "same" else 1
+    if padding == "int":
+        padding = tuple(rng.randint(0, 2) for _ in range(nd))
+    size = [dil * (kk - 1) + 1 + rng.randint(0, 4 if nd < 3 else 2) for kk, dil in zip(k, dilation)]
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+    layer = cls(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                bias=rng.random() < 0.5, padding_mode=mode)
+    return layer, torch.randn(rng.randint(2, 4), c_in, *size)
+
+
+def random_embedding(rng: random.Random):
+    V, D = rng.randint(2, 7), rng.randint(1, 5)
+    padding_idx = rng.choice([None, rng.randrange(V)])
+    shape = [rng.randint(2, 4)] + [rng.randint(1, 5) for _ in range(rng.randint(0, 2))]
+    layer = nn.Embedding(V, D, padding_idx=padding_idx)
+    return layer, torch.randint(0, V, shape)
+
+
+def random_layernorm(rng: random.Random):
+    shape = [rng.randint(2, 5) for _ in range(rng.randint(1, 2))]
+    lead = [rng.randint(1, 3) for _ in range(rng.randint(0, 2))]
+    layer = nn.LayerNorm(shape, elementwise_affine=True, bias=rng.random() < 0.7)
+    with torch.no_grad():
+        layer.weight.normal_()
+    return layer, torch.randn(rng.randint(2, 4), *lead, *shape)
+
+
+def random_groupnorm(rng: random.Random):
+    groups = rng.choice([1, 2, 3])
+    C = groups * rng.randint(1, 3)
+    spatial = [rng.randint(2, 4)] + [rng.randint(1, 3) for _ in range(rng.randint(0, 2))]
+    layer = nn.GroupNorm(groups, C)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    return layer, torch.randn(rng.randint(2, 4), C, *spatial)
+
+
+@pytest.mark.parametrize("make", [random_linear, random_conv, random_layernorm, random_groupnorm],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_layer_matches_oracle(make, seed):
+    rng = random.Random(seed * 7919 + hash(make.__name__) % 1000)
+    torch.manual_seed(seed)
+    layer, x = make(rng)
+    run_all(nn.Sequential(layer, nn.Tanh()), x)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_embedding_matches_oracle(seed):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    layer, idx = random_embedding(rng)
+    run_all(nn.Sequential(layer, nn.Tanh()), idx)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv_mixed_choice_follows_the_group_rule(seed):
+    """The engine's choice equals 2T²·groups ≤ p_g·d_g·groups, decided per input shape."""
+    from dpbench.clipping import mixed_choice
+
+    rng = random.Random(1000 + seed)
+    torch.manual_seed(seed)
+    layer, x = random_conv(rng)
+    for engine in run_all(nn.Sequential(layer), x, algorithms=["mixed_ghost"]):
+        (row,) = engine.layer_report
+        assert row["choice"] == mixed_choice(row["T"], row["d"], row["p"], row["groups"])
+        assert row["groups"] == layer.groups
+        assert row["d"] == layer.in_channels // layer.groups * layer.weight[0, 0].numel()
+
+
+def test_depthwise_conv_always_instantiates_and_is_exact():
+    layer = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    x = torch.randn(3, 6, 4, 4)
+    for engine in run_all(nn.Sequential(layer), x):
+        (row,) = engine.layer_report
+        if engine.algorithm.norms == "mixed":
+            assert row["choice"] == "instantiate"
+
+
+def test_mixed_choice_is_made_per_input_shape():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(conv)
+    small = run_all(model, torch.randn(2, 4, 2, 2), algorithms=["mixed_ghost"])[0].layer_report[0]
+    large = run_all(model, torch.randn(2, 4, 9, 9), algorithms=["mixed_ghost"])[0].layer_report[0]
+    assert (small["choice"], large["choice"]) == ("ghost", "instantiate")
+
+
+class TokenModel(nn.Module):
+    """A bare cls token and position embedding (like timm's ViT) around a linear layer."""
+
+    def __init__(self, d=4, n=3):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, d))
+        self.proj = nn.Linear(d, d)
+        self.gamma = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.proj(x).tanh() * self.gamma
+
+
+class TwoOutputs(nn.Module):
+    """A module without a rule that returns a tuple and takes a keyword argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(5))
+        self.shift = nn.Parameter(torch.randn(5))
+
+    def forward(self, x, *, power=2):
+        return x * self.scale, (x + self.shift).pow(power)
+
+
+class UsesTwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = TwoOutputs()
+
+    def forward(self, x):
+        a, b = self.inner(x, power=3)
+        return a.tanh() + b.sin()
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm-style channels-first LayerNorm: a subclass whose forward permutes."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("case", ["tokens", "tuple_kwargs", "layernorm2d", "conv_transpose", "prelu"])
+def test_generic_rule_is_exact(case):
+    torch.manual_seed(3)
+    if case == "tokens":
+        model, x = TokenModel(), torch.randn(3, 3, 4)
+    elif case == "tuple_kwargs":
+        model, x = UsesTwoOutputs(), torch.randn(4, 5)
+    elif case == "layernorm2d":
+        norm = LayerNorm2d(3)
+        with torch.no_grad():
+            norm.weight.normal_()
+        model, x = nn.Sequential(nn.Conv2d(2, 3, 1), norm), torch.randn(3, 2, 4, 4)
+    elif case == "conv_transpose":
+        model, x = nn.Sequential(nn.ConvTranspose2d(2, 3, 3, stride=2)), torch.randn(3, 2, 3, 3)
+    else:
+        model, x = nn.Sequential(nn.Linear(4, 4), nn.PReLU(4)), torch.randn(3, 4)
+    engines = run_all(model, x)
+    assert any(r["rule"] == "GenericRule" for r in engines[0].layer_report)
+
+
+class Reused(nn.Module):
+    """Each layer called twice in one forward: a weight used twice by the same module."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 3)
+        self.conv = nn.Conv1d(3, 3, 2, padding=1)
+        self.norm = nn.GroupNorm(1, 3)
+        self.lin = nn.Linear(3, 3)
+        self.token = TwoOutputs()
+
+    def forward(self, idx):
+        h = self.emb(idx) + self.emb(idx.flip(1))  # [B, T, 3]
+        h = self.conv(self.conv(h.transpose(1, 2)).tanh())  # lengths T+1, then T+2
+        h = self.norm(self.norm(h))
+        h = self.lin(self.lin(h.transpose(1, 2)).tanh())
+        a, b = self.token(h.mean(1)[:, :3].repeat(1, 2)[:, :5])
+        a2, _ = self.token(a)
+        return torch.cat([h.flatten(1), a2, b], 1)
+
+
+def test_modules_called_twice_are_exact():
+    torch.manual_seed(0)
+    run_all(Reused(), torch.randint(0, 5, (3, 4)))
+
+
+class WithUnusedAndFrozen(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(3, 2)
+        self.unused = nn.Linear(3, 2)
+        self.frozen = nn.Linear(3, 3)
+        self.frozen.weight.requires_grad_(False)
+
+    def forward(self, x):
+        self.unused(x)  # computed, never reaches the loss
+        return self.used(self.frozen(x))
+
+
+def test_unused_outputs_and_frozen_parameters():
+    torch.manual_seed(0)
+    model = WithUnusedAndFrozen()
+    x = torch.randn(4, 3)
+    reference = oracle(model.double(), x)
+    assert "frozen.weight" not in reference
+    for algorithm in OWN_ALGORITHMS:
+        engine = check_algorithm(model, x, algorithm=algorithm, reference=reference)
+        assert engine.model.frozen.weight.grad is None
+        assert engine.model.unused.weight.grad is None or not engine.model.unused.weight.grad.any()
