@@ -1,3 +1,32 @@
-# Placeholder until the pipeline issue: the main job is the engine demonstration.
+# dpbench: DP-SGD clipping algorithms benchmarked end to end.
+#   snakemake --cores 2                                            the embedded CPU default (minutes)
+#   snakemake --profile slurm --configfile config/paper.yaml       the paper's GPU sweep on a SLURM cluster
+# See docs/pipeline.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/default.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/maxbatch.smk"
+include: "workflow/rules/complexity.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+
+
 rule all:
-    shell: "dpbench demo"
+    input:
+        table_files("csv"),
+        table_files("md"),
+        figure_files("png"),
+        figure_files("pdf"),
+        REPRODUCTION,
+    default_target: True

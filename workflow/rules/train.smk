@@ -1,0 +1,24 @@
+"""DP training of one model with one algorithm to one target epsilon (`dpbench train`)."""
+
+
+rule train:
+    output:
+        json=TRAIN,
+    log:
+        "logs/train/{run}/{algorithm}_eps{epsilon}.log",
+    params:
+        model=lambda wc: TRAIN_RUNS[wc.run]["model"],
+        dataset=lambda wc: resolve_dataset(TRAIN_RUNS[wc.run]["dataset"]),
+        options=lambda wc: train_options(wc.run),
+    threads: config["threads"]
+    resources:
+        runtime=stage_resources("train")["runtime"],
+        mem_mb=stage_resources("train")["mem_mb"],
+        gpu=GPUS,
+        device_slot=1,
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {DPBENCH} train --model {params.model} --dataset {params.dataset}"
+        " --algorithm {wildcards.algorithm} --epsilon {wildcards.epsilon} {params.options}"
+        " --device {config[device]} --seed {config[seed]} --out {output.json} > {log} 2>&1"
