@@ -35,7 +35,8 @@ def probe(config: BenchConfig, memory_budget_bytes: int) -> ProbeResult:
     """Does `config` fit? Fails on an out-of-memory error or, on CPU, a peak above the budget."""
     on_cpu = torch.device(config.device).type == "cpu"
     measured = run_in_fresh_process(config, cpu_memory_budget=memory_budget_bytes if on_cpu else None,
-                                    cuda_memory_budget=None if on_cpu else memory_budget_bytes)
+                                    cuda_memory_budget=None if on_cpu else memory_budget_bytes,
+                                    record_environment=False)
     peak = measured.get("peak_memory_bytes")
     if measured.get("killed") == "over_budget" or (not measured["oom"] and peak is not None and peak > memory_budget_bytes):
         return ProbeResult(config.batch_size, False, peak, "over_budget")

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True, type=Path, help="where to write the result JSON")
     parser.add_argument("--status", type=Path, help="where to write the baseline memory once known")
     parser.add_argument("--memory-budget-bytes", type=int, help="cap the CUDA allocator at this size")
+    parser.add_argument("--no-environment", action="store_true", help="skip the environment record (probes)")
     args = parser.parse_args(argv)
     config = BenchConfig.from_dict(json.loads(args.config))
     try:
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 (shown by the parent, which aborts)
         traceback.print_exc()
         return 1
-    from dpbench.results import environment
+    if not args.no_environment:
+        from dpbench.results import environment
 
-    result["environment"] = environment(config.device, config.dtype, config.seed)
+        result["environment"] = environment(config.device, config.dtype, config.seed)
     args.result.write_text(json.dumps(result))
     return 0
 

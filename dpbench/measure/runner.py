@@ -40,7 +40,7 @@ def system_memory_floor() -> int:
 
 
 def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = None,
-                         cuda_memory_budget: int | None = None) -> dict:
+                         cuda_memory_budget: int | None = None, record_environment: bool = True) -> dict:
     """Measure `config` in a new process; returns the child's result fields.
 
     A process killed for memory returns {"oom": True, "killed": reason, ...} with the largest
@@ -54,6 +54,8 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
                    "--result", str(result_path), "--status", str(status_path)]
         if cuda_memory_budget:
             command += ["--memory-budget-bytes", str(cuda_memory_budget)]
+        if not record_environment:
+            command.append("--no-environment")
         with open(log_path, "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             killed, peak_seen, baseline = _guard(process, status_path, cpu_memory_budget)

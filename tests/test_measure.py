@@ -1,0 +1,165 @@
+"""dpbench bench / maxbatch: the search logic with a fake probe, memory sizes, OOM classification,
+and the command line on a tiny model (each measurement runs in a fresh process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dpbench.cli import main
+from dpbench.measure import ProbeResult, search_max_batch
+from dpbench.measure.child import is_out_of_memory
+from dpbench.measure.memory import parse_memory_size
+
+TINY = ["--model", "cnn", "--image-size", "8", "--num-classes", "3", "--threads", "1"]
+
+
+# ---- the search, with a fake probe ----------------------------------------------------------
+
+def fake_probe(threshold: int):
+    """Batch sizes up to `threshold` fit; the peak memory grows with the batch size."""
+    def probe(batch_size: int) -> ProbeResult:
+        ok = batch_size <= threshold
+        return ProbeResult(batch_size, ok, 1000 * batch_size, None if ok else "oom")
+    return probe
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 2, 3, 7, 8, 9, 37, 100, 511, 1000, 5000])
+@pytest.mark.parametrize("start,limit,tolerance", [(1, 4096, 1), (8, 1024, 1), (16, 4096, 5), (3, 100, 10)])
+def test_search_finds_the_threshold_within_tolerance(threshold, start, limit, tolerance):
+    found = search_max_batch(fake_probe(threshold), start, limit, tolerance)
+    sizes = [p.batch_size for p in found.probes]
+    truth = min(threshold, limit)
+    assert found.max_batch_size <= truth
+    assert truth - found.max_batch_size < tolerance  # the bracket [largest ok, smallest failure) is ≤ tolerance
+    assert all(1 <= s <= limit for s in sizes) and len(sizes) == len(set(sizes))
+    assert sizes[0] == start
+    assert all(p.ok == (p.batch_size <= threshold) for p in found.probes)
+    assert found.max_batch_size == max([p.batch_size for p in found.probes if p.ok], default=0)
+    if threshold >= limit:
+        assert found.max_batch_size == limit and all(p.ok for p in found.probes)
+
+
+def test_search_doubles_then_bisects():
+    found = search_max_batch(fake_probe(37), start=4, limit=1024, tolerance=1)
+    assert [p.batch_size for p in found.probes] == [4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+    assert found.max_batch_size == 37
+
+
+def test_search_stops_at_the_tolerance():
+    found = search_max_batch(fake_probe(37), start=4, limit=1024, tolerance=8)
+    assert [p.batch_size for p in found.probes] == [4, 8, 16, 32, 64, 48, 40]
+    assert found.max_batch_size == 32
+
+
+def test_search_rejects_bad_bounds():
+    with pytest.raises(ValueError):
+        search_max_batch(fake_probe(3), start=8, limit=4)
+
+
+def test_a_probe_error_propagates():
+    def broken(batch_size):
+        raise RuntimeError("shape mismatch")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        search_max_batch(broken, 1, 8)
+
+
+# ---- memory sizes and OOM errors -------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("8GiB", 8 * 1024**3), ("512MiB", 512 * 1024**2), ("2GB", 2 * 10**9), ("1048576", 1048576),
+    ("1.5 GiB", 3 * 1024**3 // 2), ("64kb", 64000), ("3g", 3 * 10**9)])
+def test_memory_sizes(text, expected):
+    assert parse_memory_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "eight GiB", "8 GiBs", "-1GiB", "0", "1.2.3MB", "8 XB"])
+def test_malformed_memory_sizes(text):
+    with pytest.raises(ValueError):
+        parse_memory_size(text)
+
+
+@pytest.mark.parametrize("error,oom", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous input."), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), True),
+    (MemoryError(), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"), False),
+    (ValueError("out of memory"), False),
+])
+def test_out_of_memory_classification(error, oom):
+    assert is_out_of_memory(error) is oom
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+def test_bench_writes_the_agreed_schema(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--algorithm", "mixed_ghost", *TINY, "--batch-size", "4", "--steps", "3",
+                 "--warmup", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["kind"] == "bench" and result["oom"] is False and result["error"] is None
+    assert set(result["config"]) >= {"algorithm", "model", "batch_size", "image_size", "num_classes", "device",
+                                     "dtype", "steps", "warmup", "seed"}
+    assert result["config"]["batch_size"] == 4 and result["config"]["image_size"] == 8
+    times = result["step_time_s"]
+    assert len(times["samples"]) == 3 and times["min"] <= times["q25"] <= times["median"] <= times["q75"] <= times["max"]
+    throughput = result["throughput_img_s"]
+    assert throughput["median"] == pytest.approx(4 / times["median"])
+    assert result["memory_method"] == "cpu_peak_rss_minus_baseline"
+    assert result["peak_memory_bytes"] > 0 and result["baseline_memory_bytes"] > 0
+    env = result["environment"]
+    assert env["dtype"] == "float32" and env["seed"] == 0 and env["threads"] == 1 and env["torch"]
+    assert "img/s" in capsys.readouterr().out
+
+
+def test_maxbatch_under_a_tiny_budget_records_failed_probes(tmp_path):
+    out = tmp_path / "maxbatch.json"
+    assert main(["maxbatch", "--algorithm", "ghost", *TINY, "--memory-budget", "1MiB", "--start", "1",
+                 "--limit", "8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["kind"] == "maxbatch" and result["max_batch_size"] == 0
+    assert result["config"]["memory_budget_bytes"] == 1024**2
+    assert [p["batch_size"] for p in result["probes"]] == [1]
+    for p in result["probes"]:
+        assert p == {"batch_size": p["batch_size"], "ok": False, "peak_memory_bytes": p["peak_memory_bytes"],
+                     "reason": "over_budget"}
+        assert p["peak_memory_bytes"] > 1024**2
+
+
+def test_maxbatch_stops_at_the_limit(tmp_path):
+    out = tmp_path / "maxbatch.json"
+    assert main(["maxbatch", "--algorithm", "nonprivate", *TINY, "--memory-budget", "4GiB", "--start", "2",
+                 "--limit", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["max_batch_size"] == 2
+    assert [(p["batch_size"], p["ok"], p["reason"]) for p in result["probes"]] == [(2, True, None)]
+    assert all(0 < p["peak_memory_bytes"] <= 4 * 1024**3 for p in result["probes"])
+    assert set(result["config"]) >= {"algorithm", "model", "image_size", "num_classes", "device", "dtype",
+                                     "memory_budget_bytes", "tolerance", "start", "limit"}
+    assert result["environment"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("command,culprit", [
+    (["bench", "--algorithm", "no_such_algo", *TINY, "--batch-size", "2"], "no_such_algo"),
+    (["bench", "--algorithm", "ghost", "--model", "vgg_eleven", "--batch-size", "2"], "vgg_eleven"),
+    (["bench", "--algorithm", "ghost", *TINY, "--batch-size", "0"], "--batch-size"),
+    (["bench", "--algorithm", "ghost", *TINY, "--batch-size", "2", "--steps", "-1"], "--steps"),
+    (["bench", "--algorithm", "ghost", *TINY, "--batch-size", "2", "--warmup", "-3"], "--warmup"),
+    (["bench", "--algorithm", "ghost", *TINY, "--batch-size", "2", "--device", "tpu"], "tpu"),
+    (["maxbatch", "--algorithm", "ghost", *TINY, "--memory-budget", "eight gigs"], "eight gigs"),
+    (["maxbatch", "--algorithm", "ghost", *TINY, "--start", "16", "--limit", "8"], "--limit"),
+    (["maxbatch", "--algorithm", "no_such_algo", *TINY], "no_such_algo"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(command, culprit, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main([*command, "--out", str(tmp_path / "x.json")])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dpbench {command[0]}: error:") and culprit in err[0]
+    assert not (tmp_path / "x.json").exists()
