@@ -44,7 +44,9 @@ def check_algorithm(model: nn.Module, x, target=None, algorithm="mixed_ghost", r
                     max_grad_norm=None, reference=None):
     """Run `algorithm` on a copy of `model` and assert norms and p.grad equal the oracle's.
 
-    R defaults to the median oracle norm, so some samples are clipped and some are not.
+    R defaults to the median oracle norm, so some samples are clipped and some are not. The reference
+    may be in a higher precision than the model (float64 truth for a float32 run); comparisons are made
+    in the reference's precision.
     Returns the engine (detached) for further inspection."""
     reference = reference if reference is not None else oracle(model, x, target)
     norms = flat_norms(reference)
@@ -58,12 +60,13 @@ def check_algorithm(model: nn.Module, x, target=None, algorithm="mixed_ghost", r
     engine = PrivacyEngine(work, algorithm=algorithm, max_grad_norm=R)
     engine.backward(per_sample_loss(work(x), target))
     if engine.per_sample_norms is not None:
-        err = ((engine.per_sample_norms - norms).abs() / norms.clamp_min(1e-30)).max().item()
+        err = ((engine.per_sample_norms.to(norms.dtype) - norms).abs() / norms.clamp_min(1e-30)).max().item()
         assert err <= rtol, f"{algorithm}: per-sample norms off by {err:.2e} (rtol {rtol})"
     params = dict(work.named_parameters())
     for name, g in reference.items():
         expected = torch.einsum("b,b...->...", coef, g) if engine.per_sample_norms is not None else g.sum(0)
         got = params[name].grad
+        got = got.to(expected.dtype) if got is not None else None
         if got is None:  # autograd leaves unused parameters without a gradient
             assert not expected.any(), f"{algorithm}: parameter {name} got no gradient"
             continue
