@@ -83,9 +83,12 @@ def epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: fl
     sampling_rate = _check_positive_number("sampling_rate", sampling_rate, 1.0, upper_inclusive=True)
     steps = _check_steps(steps)
     delta = _check_positive_number("delta", delta, 1.0)
-    if check_accountant(accountant) == "prv":
-        return _prv_epsilon(noise_multiplier, sampling_rate, steps, delta)
-    return _rdp_epsilon(noise_multiplier, sampling_rate, steps, delta)
+    compute = _prv_epsilon if check_accountant(accountant) == "prv" else _rdp_epsilon
+    eps = compute(noise_multiplier, sampling_rate, steps, delta)
+    if math.isnan(eps):
+        raise DpbenchError(f"the {accountant} accountant gave no ε for noise_multiplier={noise_multiplier:g}, "
+                           f"sampling_rate={sampling_rate:g}, steps={steps}, delta={delta:g}")
+    return eps
 
 
 @functools.lru_cache(maxsize=512)
@@ -146,6 +149,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sampling_rate: flo
     sampling_rate = _check_positive_number("sampling_rate", sampling_rate, 1.0, upper_inclusive=True)
     steps = _check_steps(steps)
     check_accountant(accountant)
+
     def rdp(sigma: float) -> float:
         return epsilon(sigma, sampling_rate, steps, delta, "rdp")
 
