@@ -100,6 +100,8 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         if memory_budget_bytes:
             total = torch.cuda.get_device_properties(device).total_memory
