@@ -241,3 +241,56 @@ def test_unused_outputs_and_frozen_parameters():
         engine = check_algorithm(model, x, algorithm=algorithm, reference=reference)
         assert engine.model.frozen.weight.grad is None
         assert engine.model.unused.weight.grad is None or not engine.model.unused.weight.grad.any()
+
+
+class TiedInParentForward(nn.Module):
+    """An output layer tied to the embedding, used in the parent's forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.mix = nn.Linear(4, 4)
+
+    def forward(self, idx):
+        return (self.mix(self.embed(idx)) @ self.embed.weight.t()).sum(1)
+
+
+class BeitLikeAttention(nn.Module):
+    """timm's BEiT: the qkv Linear's weight is used directly with a bias built from own parameters."""
+
+    def __init__(self, d=6):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(d))
+        self.v_bias = nn.Parameter(torch.randn(d))
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        q, k, v = nn.functional.linear(x, self.qkv.weight, bias).chunk(3, -1)
+        attn = (q @ k.transpose(-1, -2)).softmax(-1)
+        return self.proj(attn @ v)
+
+
+class Beitish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 6)
+        self.attn = BeitLikeAttention()
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.attn(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("case", ["tied_in_parent", "beit_attention"])
+def test_parameters_used_outside_their_module_go_to_the_host_generic_rule(case):
+    torch.manual_seed(0)
+    if case == "tied_in_parent":
+        model, x, host, adopted = TiedInParentForward(), torch.randint(0, 7, (3, 5)), "TiedInParentForward", "embed"
+    else:
+        model, x, host, adopted = Beitish(), torch.randn(3, 4, 3), "attn", "qkv"
+    engines = run_all(model, x)
+    report = {r["name"]: r for r in engines[0].layer_report}
+    assert report[host]["rule"] == "GenericRule"
+    assert adopted not in report  # its only parameter moved to the host

@@ -37,20 +37,22 @@ class OwnBackend:
             rule = rule_for(module, name or type(model).__name__)
             if rule is not None:
                 self.rules[module] = rule
-        self.generic_params = [p for r in self.rules.values() if isinstance(r, GenericRule)
-                               for p in r.params.values()]
         self.layer_report: list[dict] = []
-        self._handles = []
+        self._root_handles = [model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True),
+                              model.register_forward_hook(self._root_post_hook, always_call=True)]
+        self._handles = {m: m.register_forward_hook(self._record, with_kwargs=True) for m in self.rules}
         self._calls: dict[nn.Module, list[Call]] = {}
+        self._candidates: dict[nn.Module, list[Call]] = {}
         self._frontier: list = []
         self._depth = 0
         self._collecting = False
         self._replaying = False
-        self._use_check: ParameterUseCheck | None = ParameterUseCheck(model, self.rules)
-        self._handles.append(model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
-        self._handles.append(model.register_forward_hook(self._root_post_hook, always_call=True))
-        for module in self.rules:
-            self._handles.append(module.register_forward_hook(self._record, with_kwargs=True))
+        self._use_check: ParameterUseCheck | None = ParameterUseCheck(model, self.rules, self._record_candidate)
+        self._trains = {m for m in model.modules() if any(p.requires_grad for p in m.parameters())}
+
+    @property
+    def generic_params(self) -> list[torch.Tensor]:
+        return [p for r in self.rules.values() if isinstance(r, GenericRule) for p in r.params.values()]
 
     # ---- forward -------------------------------------------------------------------------------
     def _root_pre_hook(self, model, args, kwargs):
@@ -69,9 +71,38 @@ class OwnBackend:
         self._depth -= 1
         if self._depth == 0 and self._use_check is not None:
             check, self._use_check = self._use_check, None
-            check.finish()
+            for param, owner, name, host in check.finish():
+                self._hand_over(param, owner, name, host)
+            self._candidates = {}
 
-    def _record(self, module, args, kwargs, output):
+    def _record_candidate(self, module, args, kwargs, output):
+        """During the first forward: record modules that may become generic hosts (see usage.py)."""
+        if module not in self.rules and module in self._trains:
+            self._record(module, args, kwargs, output, self._candidates)
+
+    def _hand_over(self, param, owner: nn.Module, name: str, host: nn.Module) -> None:
+        """Move a parameter from its module's rule to the generic rule of the module that uses it."""
+        rule = self.rules[owner]
+        del rule.params[name]
+        if not rule.params:
+            del self.rules[owner]
+            self._handles.pop(owner).remove()
+            self._calls.pop(owner, None)
+        host_rule = self.rules.get(host)
+        if not isinstance(host_rule, GenericRule):
+            host_name = next(n for n, m in self.model.named_modules() if m is host) or type(host).__name__
+            new = GenericRule(host, host_name)
+            for own_name, own_param in (host_rule.params.items() if host_rule else ()):
+                new.adopt(own_name, own_param)
+            self.rules[host] = host_rule = new
+            if host not in self._handles:
+                self._handles[host] = host.register_forward_hook(self._record, with_kwargs=True)
+            if host in self._candidates:
+                self._calls[host] = self._candidates.pop(host)
+        owner_path = next(n for n, m in host.named_modules() if m is owner)
+        host_rule.adopt(f"{owner_path}.{name}", param)
+
+    def _record(self, module, args, kwargs, output, store=None):
         if self._replaying or not torch.is_grad_enabled():
             return
         leaves, spec = tree_flatten(output)
@@ -82,7 +113,7 @@ class OwnBackend:
         call = Call(args, kwargs, tuple(x._version for x in inputs), spec, index,
                     tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
                     [None] * len(index), len(index))
-        self._calls.setdefault(module, []).append(call)
+        (self._calls if store is None else store).setdefault(module, []).append(call)
         for k, i in enumerate(index):
             leaves[i].register_hook(partial(self._on_grad, module, call, k))
         if not any(x.requires_grad for x in inputs):
@@ -90,11 +121,12 @@ class OwnBackend:
 
     # ---- backward ------------------------------------------------------------------------------
     def _on_grad(self, module, call, k, grad):
-        if not self._collecting:
+        calls = self._calls.get(module)
+        if not self._collecting or calls is None:
             return
         call.grads[k] = grad
         call.pending -= 1
-        if all(c.pending == 0 for c in self._calls[module]):
+        if all(c.pending == 0 for c in calls):
             self._process(module)
 
     def _process(self, module: nn.Module) -> None:
@@ -179,9 +211,9 @@ class OwnBackend:
                     p.grad.add_(value)
 
     def detach(self) -> None:
-        for h in self._handles:
+        for h in [*self._root_handles, *self._handles.values()]:
             h.remove()
-        self._handles = []
+        self._root_handles, self._handles = [], {}
         if self._use_check is not None:
             self._use_check.abort()
 

@@ -1,6 +1,5 @@
-"""A one-time check, during the first recorded forward, that every trainable parameter is used only
-inside the forward of the module that owns it. A parameter used elsewhere (a tied weight such as
-`x @ self.embed.weight.T` in a parent's forward) would escape its layer's per-sample rule."""
+"""A one-time check, during the first recorded forward, of where every trainable parameter is used.
+A parameter used outside the forward of the module that owns it would escape that layer's rule."""
 
 from __future__ import annotations
 
@@ -9,24 +8,29 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from dpbench.errors import DpbenchError
 
 
 class ParameterUseCheck(TorchFunctionMode):
-    """Watches every torch function of one forward for parameters used outside their module."""
+    """Watches the first forward for parameters used outside their module's own forward.
 
-    def __init__(self, model: nn.Module, rules: dict):
+    Such a parameter (timm's BEiT computes `F.linear(x, self.qkv.weight, qkv_bias)` in its attention
+    module; a tied output layer uses `self.embed.weight` in the model's forward) is handed over to the
+    generic rule of the innermost module whose forward contains every use: `finish()` returns these
+    hand-overs. Every module's calls are offered to `on_output` meanwhile, so that a module which
+    becomes a host has its first forward recorded too."""
+
+    def __init__(self, model: nn.Module, rules: dict, on_output):
         super().__init__()
         from dpbench.clipping.layers import GenericRule
 
-        self.owner = {}  # id(param) -> (module, parameter name, owner may be an ancestor of the op)
+        self.owner = {}  # id(param) -> (param, owning module, its name there, owner's forward covers subtree)
         for module, rule in rules.items():
             for pname, p in rule.params.items():
-                self.owner[id(p)] = (module, f"{rule.name}.{pname}", isinstance(rule, GenericRule))
+                self.owner[id(p)] = (p, module, pname, isinstance(rule, GenericRule))
         self.model = model
-        self.names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+        self.on_output = on_output
         self.stack: list[nn.Module] = []
-        self.violation: str | None = None
+        self.handovers: dict[int, tuple] = {}  # id(param) -> (param, owner, name in owner, host)
         self._handles = []
 
     def start(self) -> None:
@@ -34,22 +38,22 @@ class ParameterUseCheck(TorchFunctionMode):
         self.stack = [self.model]
         self._handles = [
             nn.modules.module.register_module_forward_pre_hook(lambda m, a: self.stack.append(m)),
-            nn.modules.module.register_module_forward_hook(lambda m, a, o: self._pop(m), always_call=True),
+            nn.modules.module.register_module_forward_hook(self._post, with_kwargs=True, always_call=True),
         ]
         self.__enter__()
 
-    def _pop(self, module):
+    def _post(self, module, args, kwargs, output):
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
+        self.on_output(module, args, kwargs, output)
 
-    def finish(self) -> None:
-        """Stop watching (root forward ended) and raise if a parameter escaped its module."""
+    def finish(self) -> list[tuple]:
+        """Stop watching; the hand-overs (param, owner module, name in owner, host module)."""
         self.abort()
-        if self.violation:
-            raise DpbenchError(self.violation)
+        return list(self.handovers.values())
 
     def abort(self) -> None:
-        """Stop watching without judging."""
+        """Stop watching."""
         if self._handles:
             self.__exit__(None, None, None)
             for h in self._handles:
@@ -58,18 +62,20 @@ class ParameterUseCheck(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.violation is None:
-            for x in tree_flatten((args, kwargs))[0]:
-                if isinstance(x, torch.Tensor) and id(x) in self.owner:
-                    self._judge(x)
+        for x in tree_flatten((args, kwargs))[0]:
+            if isinstance(x, torch.Tensor) and id(x) in self.owner:
+                self._judge(x)
         return func(*args, **kwargs)
 
     def _judge(self, p: torch.Tensor) -> None:
-        module, pname, subtree_ok = self.owner[id(p)]
-        current = self.stack[-1] if self.stack else None
-        if current is module or (subtree_ok and module in self.stack):
+        p, module, pname, subtree_ok = self.owner[id(p)]
+        if self.stack[-1] is module or (subtree_ok and module in self.stack):
             return
-        where = self.names.get(current, "outside any module") if current is not None else "outside any module"
-        self.violation = (f"parameter '{pname}' is used outside the forward of its module (in '{where}'): "
-                          "tied or shared weights across modules are not supported by per-sample clipping; "
-                          "untie them or make the parameter a direct parameter of the module that uses it")
+        host = next(m for m in reversed(self.stack) if any(s is module for s in m.modules()))
+        previous = self.handovers.get(id(p))
+        if previous is not None and previous[3] is not host:
+            if any(s is host for s in previous[3].modules()):
+                return  # the earlier host already contains this use
+            if not any(s is previous[3] for s in host.modules()):
+                host = self.model  # uses in two branches: only the whole model contains both
+        self.handovers[id(p)] = (p, module, pname, host)

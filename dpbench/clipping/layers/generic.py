@@ -6,7 +6,10 @@ in forward and the output gradients seen in backward."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -14,8 +17,31 @@ from dpbench.clipping.layers.base import Call, LayerRule
 from dpbench.errors import DpbenchError
 
 
+@contextmanager
+def _zero_rate_dropouts_off(module: nn.Module):
+    """Dropout / DropPath with rate 0 are the identity, but still draw random numbers in training
+    mode, which vmap cannot replay: switch them to eval mode while replaying."""
+    idle = [m for m in module.modules() if m.training and (
+        (isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0)
+        or (type(m).__name__ == "DropPath" and getattr(m, "drop_prob", None) == 0))]
+    for m in idle:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in idle:
+            m.training = True
+
+
 class GenericRule(LayerRule):
-    """Instantiates per-sample gradients of a module's own parameters by replaying its forward."""
+    """Instantiates per-sample gradients of a module's own parameters by replaying its forward.
+
+    It can also adopt parameters of submodules that the module's forward uses directly (for
+    example `F.linear(x, self.qkv.weight)`); they are named by their path inside the module."""
+
+    def adopt(self, name: str, param: torch.nn.Parameter) -> None:
+        """Take over a parameter of a submodule, used directly in this module's forward."""
+        self.params[name] = param
 
     def instantiate(self, calls):
         out = {}
@@ -50,7 +76,7 @@ class GenericRule(LayerRule):
             return pullback(tuple(g.unsqueeze(0) for g in gs))[0]
 
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _zero_rate_dropouts_off(module):
                 return vmap(per_sample, randomness="error")(tuple(leaves[i] for i in batched), tuple(grads))
         except RuntimeError as err:
             if "randomness" in str(err):
