@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""CPU reference benchmark: every algorithm against `nonprivate`, side by side in one run.
+
+For each model and batch size, runs `dpbench bench` (each measurement in its own fresh process) once per
+algorithm, alternating the algorithms (the order rotates from one round to the next), and writes the
+throughput and peak-memory ratios to `nonprivate` of the same configuration as CSV and Markdown, with
+the command, the date, the machine and the load average seen around each run.
+
+    .venv/bin/python scripts/cpu_reference_bench.py            # cnn, resnet18, vgg11; batch 32 and 128
+
+Timings on a shared machine are noisy: read the ratios, not the absolute numbers, and compare runs made
+on the same machine in the same state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from dpbench.cli import main as dpbench_main
+from dpbench.clipping import ALGORITHMS
+from dpbench.results import environment, write_text_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The project's targets (issue 4), reported next to the measurements; never asserted.
+TARGETS = [
+    ("mixed_ghost throughput ≥ 0.6× nonprivate", lambda r: r["throughput_ratio"].get("mixed_ghost"), 0.6, ">="),
+    ("bk_mixed throughput ≥ 0.85× nonprivate", lambda r: r["throughput_ratio"].get("bk_mixed"), 0.85, ">="),
+    ("mixed_ghost peak memory ≤ 1.05× nonprivate", lambda r: r["memory_ratio"].get("mixed_ghost"), 1.05, "<="),
+    ("mixed_ghost ≥ 1.5× opacus_ghost throughput (CNNs)",
+     lambda r: _ratio(r["throughput"].get("mixed_ghost"), r["throughput"].get("opacus_ghost")), 1.5, ">="),
+]
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["cnn", "resnet18", "vgg11"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--rounds", type=int, default=1, help="passes over the algorithms per configuration")
+    p.add_argument("--skip", nargs="*", default=[], metavar="ALGORITHM:MODEL:BATCH=REASON",
+                   help="configurations not to run, recorded as skipped with the reason")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "cpu_reference")
+    p.add_argument("--out-csv", type=Path, default=ROOT / "paper" / "cpu_reference.csv")
+    p.add_argument("--out-md", type=Path, default=ROOT / "paper" / "cpu_reference.md")
+    return p.parse_args(argv)
+
+
+def parse_skips(entries: list[str]) -> dict[tuple[str, str, int], str]:
+    skips = {}
+    for entry in entries:
+        key, _, reason = entry.partition("=")
+        algorithm, model, batch = key.split(":")
+        skips[(algorithm, model, int(batch))] = reason or "skipped by request"
+    return skips
+
+
+def run_one(args, algorithm: str, model: str, batch: int, out: Path) -> dict:
+    """One `dpbench bench` run; returns the row of the raw table."""
+    argv = ["bench", "--algorithm", algorithm, "--model", model, "--batch-size", str(batch),
+            "--image-size", str(args.image_size), "--num-classes", str(args.num_classes), "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--threads", str(args.threads), "--out", str(out)]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    code = dpbench_main(argv)
+    row = {"model": model, "batch_size": batch, "algorithm": algorithm, "wall_s": time.perf_counter() - started,
+           "load_before": load_before, "load_after": os.getloadavg()[0], "json": str(out.relative_to(ROOT))
+           if out.is_relative_to(ROOT) else str(out)}
+    if code != 0 or not out.exists():
+        return {**row, "status": f"error (exit {code})"}
+    result = json.loads(out.read_text())
+    if result["oom"]:
+        return {**row, "status": "oom", "note": result["error"]}
+    return {**row, "status": "ok", "step_time_s": result["step_time_s"]["median"],
+            "throughput_img_s": result["throughput_img_s"]["median"], "peak_memory_bytes": result["peak_memory_bytes"],
+            "memory_method": result["memory_method"]}
+
+
+def measure(args) -> pd.DataFrame:
+    skips = parse_skips(args.skip)
+    rows = []
+    for model in args.models:
+        for batch in args.batch_sizes:
+            for round_index in range(args.rounds):
+                shift = round_index % len(args.algorithms)
+                order = args.algorithms[shift:] + args.algorithms[:shift]
+                for algorithm in order:
+                    if (algorithm, model, batch) in skips:
+                        if round_index == 0:
+                            rows.append({"model": model, "batch_size": batch, "algorithm": algorithm,
+                                         "status": "skipped", "note": skips[(algorithm, model, batch)]})
+                        continue
+                    out = args.results_dir / f"{model}_b{batch}_{algorithm}_r{round_index}.json"
+                    row = run_one(args, algorithm, model, batch, out)
+                    rows.append({**row, "round": round_index})
+                    print(f"[{datetime.now():%H:%M:%S}] {model} b{batch} {algorithm}: {row['status']} "
+                          f"({row['wall_s']:.0f} s, load {row['load_before']:.1f})", flush=True)
+    return pd.DataFrame(rows)
+
+
+def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
+    """Per (model, batch, algorithm): median over rounds, and the ratios to nonprivate."""
+    out = []
+    for (model, batch), group in raw.groupby(["model", "batch_size"], sort=False):
+        stats = {}
+        for algorithm in algorithms:
+            runs = group[group["algorithm"] == algorithm]
+            ok = runs[runs["status"] == "ok"]
+            if len(ok):
+                stats[algorithm] = {"status": "ok", "rounds": len(ok),
+                                    "step_time_s": statistics.median(ok["step_time_s"]),
+                                    "throughput_img_s": statistics.median(ok["throughput_img_s"]),
+                                    "peak_memory_bytes": int(statistics.median(ok["peak_memory_bytes"]))}
+            elif len(runs):
+                first = runs.iloc[0]
+                stats[algorithm] = {"status": first["status"], "rounds": 0,
+                                    "note": first.get("note") if isinstance(first.get("note"), str) else None}
+        base = stats.get("nonprivate", {})
+        for algorithm, s in stats.items():
+            row = {"model": model, "batch_size": batch, "algorithm": algorithm, **s}
+            if s["status"] == "ok" and base.get("status") == "ok":
+                row["throughput_ratio"] = s["throughput_img_s"] / base["throughput_img_s"]
+                row["memory_ratio"] = s["peak_memory_bytes"] / base["peak_memory_bytes"]
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, started: datetime, env: dict) -> str:
+    cell = {}
+    for _, r in summary.iterrows():
+        key = (r["model"], r["batch_size"])
+        if r["status"] == "ok" and not pd.isna(r.get("throughput_ratio")):
+            text = f"{r['throughput_ratio']:.2f} / {r['memory_ratio']:.2f}"
+        else:
+            text = r["status"]
+        cell.setdefault(key, {})[r["algorithm"]] = text
+    table = pd.DataFrame([{"model": m, "batch": b, **cells} for (m, b), cells in cell.items()])
+    absolute = summary[summary["status"] == "ok"].pivot_table(
+        index=["model", "batch_size"], columns="algorithm", values="throughput_img_s", sort=False)
+    absolute = absolute[[a for a in args.algorithms if a in absolute.columns]].round(1).reset_index()
+    memory = summary[summary["status"] == "ok"].pivot_table(
+        index=["model", "batch_size"], columns="algorithm", values="peak_memory_bytes", sort=False)
+    memory = (memory[[a for a in args.algorithms if a in memory.columns]] / 2**20).round(0).reset_index()
+    lines = [
+        "# CPU reference: every algorithm against non-private training",
+        "",
+        f"Measured {started:%Y-%m-%d %H:%M} UTC on {env['device_name']} ({os.cpu_count()} cores, "
+        f"{args.threads} torch threads), torch {env['torch']}, opacus {env['opacus']}, dpbench commit "
+        f"`{env['git_commit']}`. Input {args.image_size}×{args.image_size}, {args.num_classes} classes, float32; "
+        f"{args.warmup} warm-up + {args.steps} timed full training steps per run (forward, engine backward, noise, "
+        f"SGD step), each run in a fresh process; {args.rounds} round(s), algorithms alternating.",
+        "",
+        "Command:",
+        "",
+        f"    {command}",
+        "",
+        "## Ratios to nonprivate: throughput / peak memory",
+        "",
+        "Throughput ratio = median images/s ÷ nonprivate's; memory ratio = peak memory of the step ÷ nonprivate's "
+        "(CPU: peak RSS of the fresh process minus its baseline after imports, so the model, gradients and "
+        "activations are included).",
+        "",
+        table.to_markdown(index=False),
+        "",
+        "## Targets (issue 4; for later optimisation work, not asserted)",
+        "",
+        *target_lines(summary),
+        "",
+        "## Median throughput (images/s)",
+        "",
+        absolute.to_markdown(index=False),
+        "",
+        "## Peak memory (MiB, peak RSS − baseline)",
+        "",
+        memory.to_markdown(index=False),
+        "",
+        f"Load average (1 min) seen before the runs: min {raw['load_before'].min():.1f}, median "
+        f"{raw['load_before'].median():.1f}, max {raw['load_before'].max():.1f} on {os.cpu_count()} cores; other "
+        "work on the machine slows some runs more than others, which adds noise to the ratios. "
+        f"The same numbers per algorithm: `{args.out_csv.name}` beside this file.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def target_lines(summary: pd.DataFrame) -> list[str]:
+    lines = []
+    for (model, batch), group in summary.groupby(["model", "batch_size"], sort=False):
+        ok = group[group["status"] == "ok"].set_index("algorithm")
+        record = {"throughput_ratio": ok["throughput_ratio"].dropna().to_dict() if "throughput_ratio" in ok else {},
+                  "memory_ratio": ok["memory_ratio"].dropna().to_dict() if "memory_ratio" in ok else {},
+                  "throughput": ok["throughput_img_s"].to_dict()}
+        parts = []
+        for name, get, bound, op in TARGETS:
+            value = get(record)
+            if value is None:
+                continue
+            met = value >= bound if op == ">=" else value <= bound
+            parts.append(f"{name}: {value:.2f} ({'met' if met else 'not met'})")
+        lines.append(f"- {model}, batch {batch}: " + "; ".join(parts))
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = ".venv/bin/python scripts/cpu_reference_bench.py " + \
+        " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started = datetime.now(timezone.utc)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    raw = measure(args)
+    summary = summarise(raw, args.algorithms)
+    env = environment("cpu", "float32", 0)
+    env["threads"] = args.threads
+    columns = ["model", "batch_size", "algorithm", "status", "rounds", "step_time_s", "throughput_img_s",
+               "peak_memory_bytes", "throughput_ratio", "memory_ratio", "note"]
+    summary = summary.reindex(columns=columns)
+    summary["date"] = f"{started:%Y-%m-%d}"
+    summary["command"] = command.strip()
+    write_text_atomic(args.out_csv, summary.to_csv(index=False))
+    write_text_atomic(args.out_md, markdown(summary, raw, args, command.strip(), started, env))
+    raw.to_csv(args.results_dir / "runs.csv", index=False)
+    print(f"wrote {args.out_csv} and {args.out_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
