@@ -22,6 +22,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     input:
         table_files("csv"),

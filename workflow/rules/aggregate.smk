@@ -1,4 +1,10 @@
-"""Tables (pandas), figures (seaborn) and the paper-reproduction report, built from the result files."""
+"""Tables (pandas), figures (seaborn) and the paper-reproduction report, built from the result files.
+They take seconds and no GPU, so on a cluster they run where Snakemake runs, not as SLURM jobs."""
+
+localrules:
+    tables,
+    figures,
+    reproduction_report,
 
 
 def table_reports():

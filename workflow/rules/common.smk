@@ -66,9 +66,10 @@ CONDA_ENV = "../../envs/dpbench.yaml"
 GPUS = (1 if config["device"].startswith("cuda") else 0) if config["gpus_per_job"] == "auto" else config["gpus_per_job"]
 
 # Local runs take one `device_slot` per measuring job and profiles/default offers one, so that no two
-# timing jobs share a GPU (or the CPU cores) at the same time. A cluster executor gives every job
-# its own allocation, so the limit is lifted there.
-if not workflow.local_exec:
+# timing jobs share a GPU (or the CPU cores) at the same time. A cluster executor (SLURM: --jobs N,
+# which Snakemake itself takes as the sign of cluster submission) gives every job its own
+# allocation, so the limit is lifted there.
+if workflow.nodes is not None:
     workflow.global_resources["device_slot"] = None
 
 
