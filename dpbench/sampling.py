@@ -14,10 +14,8 @@ import torch
 SAMPLING_METHODS = ("poisson", "shuffle")
 
 
-def steps_per_epoch(dataset_size: int, batch_size: int, sampling: str) -> int:
-    """Logical steps in one epoch: N/L rounded for Poisson (expected one pass), ceil(N/L) for shuffling."""
-    if sampling == "poisson":
-        return max(1, round(dataset_size / batch_size))
+def steps_per_epoch(dataset_size: int, batch_size: int) -> int:
+    """Logical steps in one epoch, ceil(N/L): at least one pass (in expectation, for Poisson sampling)."""
     return math.ceil(dataset_size / batch_size)
 
 
@@ -30,7 +28,7 @@ def epoch_plan(dataset_size: int, batch_size: int, sampling: str, generator: tor
     """
     if sampling == "poisson":
         rate = batch_size / dataset_size
-        steps = steps_per_epoch(dataset_size, batch_size, sampling)
+        steps = steps_per_epoch(dataset_size, batch_size)
         return [torch.nonzero(torch.rand(dataset_size, generator=generator) < rate).flatten() for _ in range(steps)]
     if sampling == "shuffle":
         return list(torch.randperm(dataset_size, generator=generator).split(batch_size))

@@ -1,0 +1,445 @@
+"""DP-SGD training of a registered model to a target ε (`dpbench train`).
+
+One optimizer step = one logical batch (Poisson-sampled by default) processed as physical batches
+through `PrivacyEngine.backward`, which accumulates the clipped per-sample gradient sum; the engine
+then adds N(0, σ²R²) once, the gradient is divided by the EXPECTED logical batch size, and the
+optimizer steps. σ comes from the accountant for the target (ε, δ) before training; the ε actually
+spent is reported at the end. A checkpoint after every epoch lets `--resume` continue a killed run
+exactly (same parameters with the same seed), including the sampling and noise generators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data.dataloader import default_collate
+
+from dpbench.clipping import ALGORITHMS, PrivacyEngine
+from dpbench.errors import DpbenchError
+from dpbench.results import environment, write_json_atomic
+from dpbench.sampling import SAMPLING_METHODS, epoch_plan, physical_batches, steps_per_epoch
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")
+ACCOUNTANTS = ("prv", "rdp")
+CHECKPOINT_VERSION = 1
+# Settings that may change between a run and its resumption; every other field must match.
+RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "device", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the CLI flags and the recipe YAML keys, with - as _)."""
+
+    model: str = "cnn"
+    dataset: str = "offline"
+    algorithm: str = "mixed_ghost"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    accountant: str = "prv"
+    max_grad_norm: float = 1.0
+    epochs: int = 2
+    batch_size: int = 256
+    physical_batch_size: int = 64
+    sampling: str = "poisson"
+    optimizer: str = "sgd"
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    precision: str = "fp32"
+    image_size: int | None = None
+    pretrained: bool = False
+    allow_random_init: bool = False
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"
+    seed: int = 0
+    eval_batch_size: int = 1024
+    num_workers: int = 0
+    threads: int | None = None
+    out: str = "results/train/train.json"
+    checkpoint: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise DpbenchError naming the first bad value."""
+        _choice("algorithm", self.algorithm, tuple(ALGORITHMS))
+        for name, allowed in [("accountant", ACCOUNTANTS), ("sampling", SAMPLING_METHODS),
+                              ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)]:
+            _choice(name, getattr(self, name), allowed)
+        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size"]:
+            if not int(getattr(self, name)) >= 1:
+                raise DpbenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ["lr", "max_grad_norm"]:
+            if not getattr(self, name) > 0:
+                raise DpbenchError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise DpbenchError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0 or self.num_workers < 0:
+            raise DpbenchError("--weight-decay and --num-workers must be >= 0")
+        if not 0 < self.delta < 1:
+            raise DpbenchError(f"--delta must be in (0, 1), got {self.delta}")
+        if self.algorithm == "nonprivate":
+            if self.epsilon is not None or self.noise_multiplier is not None:
+                raise DpbenchError("--algorithm nonprivate adds no noise: drop --epsilon / --noise-multiplier")
+        elif (self.epsilon is None) == (self.noise_multiplier is None):
+            raise DpbenchError(f"--algorithm {self.algorithm} needs exactly one of --epsilon (target) "
+                               f"or --noise-multiplier")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise DpbenchError(f"--epsilon must be > 0, got {self.epsilon}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise DpbenchError(f"--noise-multiplier must be > 0, got {self.noise_multiplier}")
+        from dpbench.models import default_image_size
+
+        default_image_size(self.model)  # an unknown model fails here, before any data is loaded
+        if self.precision == "bf16" and resolve_device(self.device).type != "cuda":
+            raise DpbenchError("--precision bf16 (autocast) is supported on CUDA only; use fp32 on CPU")
+
+    @property
+    def private(self) -> bool:
+        return self.algorithm != "nonprivate"
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file: --checkpoint, or the result path with the suffix .ckpt.pt."""
+        return Path(self.checkpoint) if self.checkpoint else Path(self.out).with_suffix(".ckpt.pt")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise DpbenchError(f"--{name} {value!r} is not one of: {', '.join(allowed)}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' = cuda if available else cpu; a CUDA device without CUDA is a DpbenchError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise DpbenchError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DpbenchError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+@dataclass
+class TrainingData:
+    """The train and test sets of a run, and what the model must accept."""
+
+    name: str
+    description: str
+    info: dict
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+def fetch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (inputs, labels) of `indices`: tensor indexing for in-memory data, else item by item."""
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors[:2]
+        return x[indices], y[indices]
+    return default_collate([dataset[int(i)] for i in indices])
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+             autocast: Callable[[], Any]) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on `dataset`."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for indices in torch.arange(len(dataset)).split(batch_size):
+            x, y = fetch(dataset, indices)
+            x, y = x.to(device), y.to(device)
+            with autocast():
+                logits = model(x)
+            total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return total_loss / len(dataset), correct / len(dataset)
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save through a temporary file and a rename, so a kill never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _identity(config: TrainConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}
+
+
+def _load_checkpoint(config: TrainConfig, device: torch.device) -> dict | None:
+    """The checkpoint to resume from (None to start afresh), after checking it belongs to this run."""
+    path = config.checkpoint_path()
+    if not config.resume or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise DpbenchError(f"cannot read checkpoint {path}: {err}") from err
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise DpbenchError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    differences = {k: (v, _identity(config).get(k)) for k, v in state["identity"].items()
+                   if _identity(config).get(k) != v}
+    if differences:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differences.items())
+        raise DpbenchError(f"checkpoint {path} belongs to a different run ({listed}); use another --out "
+                           f"or --checkpoint, or drop --resume")
+    return state
+
+
+class _EpochStats:
+    """Running loss and accuracy over the physical batches of an epoch (before each update)."""
+
+    def __init__(self):
+        self.loss_sum, self.correct, self.count = 0.0, 0, 0
+
+    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += losses.detach().sum().item()
+        self.correct += (logits.detach().argmax(1) == labels).sum().item()
+        self.count += labels.numel()
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count if self.count else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else math.nan
+
+
+def _rng_states(sampling: torch.Generator, noise: torch.Generator) -> dict:
+    states = {"sampling": sampling.get_state(), "noise": noise.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict, sampling: torch.Generator, noise: torch.Generator) -> None:
+    sampling.set_state(states["sampling"])
+    noise.set_state(states["noise"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+    """Train `config.model` with DP-SGD as configured, write the result JSON, and return it.
+
+    `on_epoch_end(record)` is called after each epoch's checkpoint is written.
+    """
+    config.validate()
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, on_epoch_end)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> dict:
+    from tqdm import tqdm
+
+    from dpbench.accounting import PrivacyLedger, noise_multiplier_for
+    from dpbench.models import create_model
+
+    device = resolve_device(config.device)
+    started = time.perf_counter()
+    data = load_training_data(config)
+    n_train = len(data.train)
+    if config.batch_size > n_train:
+        raise DpbenchError(f"--batch-size {config.batch_size} exceeds the {n_train} training examples of {data.name}")
+    epoch_steps = steps_per_epoch(n_train, config.batch_size)
+    total_steps = config.epochs * epoch_steps
+    sampling_rate = config.batch_size / n_train
+    sigma = config.noise_multiplier
+    if config.private and config.epsilon is not None:
+        sigma = noise_multiplier_for(config.epsilon, config.delta, sampling_rate, total_steps, config.accountant)
+    ledger = PrivacyLedger(sigma, sampling_rate, config.delta, config.accountant) if config.private else None
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=data.num_classes, image_size=data.image_size,
+                         in_channels=data.in_channels, pretrained=config.pretrained,
+                         allow_random_init=config.allow_random_init).to(device)
+    sampling_generator = torch.Generator().manual_seed(config.seed)
+    noise_generator = torch.Generator(device).manual_seed(config.seed + 1)
+    engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
+                           noise_multiplier=sigma or 0.0, generator=noise_generator)
+    optimizer = _optimizer(config, model)
+    scheduler = _scheduler(config, optimizer, total_steps)
+
+    start_epoch, steps, history, earlier_wall_time, resumes = 0, 0, [], 0.0, 0
+    checkpoint = _load_checkpoint(config, device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _restore_rng_states(checkpoint["rng"], sampling_generator, noise_generator)
+        if ledger is not None:
+            ledger.load_state_dict(checkpoint["ledger"])
+        start_epoch, steps, history = checkpoint["epoch"], checkpoint["steps"], checkpoint["history"]
+        earlier_wall_time, resumes = checkpoint["wall_time_s"], checkpoint["resumes"] + 1
+
+    def autocast():
+        if config.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def spent() -> float:
+        return ledger.epsilon() if ledger is not None else math.inf
+
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        epoch_started = time.perf_counter()
+        stats = _EpochStats()
+        plan = epoch_plan(n_train, config.batch_size, config.sampling, sampling_generator)
+        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
+                   dynamic_ncols=True)
+        for position, logical in enumerate(bar):
+            for indices in physical_batches(logical, config.physical_batch_size):
+                x, y = fetch(data.train, indices)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast():
+                    logits = model(x)
+                losses = F.cross_entropy(logits.float(), y, reduction="none")
+                engine.backward(losses)
+                stats.add(losses, logits, y)
+            engine.add_noise()
+            for p in engine.parameters:
+                p.grad.div_(config.batch_size)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            steps += 1
+            if ledger is not None:
+                ledger.step()
+            postfix = {"loss": f"{stats.loss:.3f}", "acc": f"{stats.accuracy:.3f}"}
+            if position == len(plan) - 1:  # ε costs up to a second or two: once per epoch
+                postfix["eps"] = f"{spent():.3f}"
+            bar.set_postfix(postfix)
+        bar.close()
+        test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, device, autocast)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        record = {"epoch": epoch + 1, "steps": steps, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                  "test_loss": test_loss, "test_accuracy": test_accuracy, "epsilon": _json_epsilon(spent()),
+                  "epoch_time_s": time.perf_counter() - epoch_started}
+        history.append(record)
+        if config.progress:
+            tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.4f}, ε spent {record['epsilon']}")
+        _save_checkpoint(config.checkpoint_path(), {
+            "version": CHECKPOINT_VERSION, "identity": _identity(config), "epoch": epoch + 1, "steps": steps,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": _rng_states(sampling_generator, noise_generator),
+            "ledger": ledger.state_dict() if ledger is not None else None, "history": history,
+            "wall_time_s": earlier_wall_time + time.perf_counter() - started, "resumes": resumes,
+            "noise_multiplier": sigma})
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    engine.detach()
+
+    result = _result(config, data, device, sigma, sampling_rate, steps, total_steps, spent(), history,
+                     earlier_wall_time + time.perf_counter() - started, resumes)
+    write_json_atomic(config.out, result)
+    return result
+
+
+def _json_epsilon(value: float) -> float | None:
+    """ε for JSON: None for a non-private run (ε = ∞ has no JSON number)."""
+    return None if math.isinf(value) else value
+
+
+def _result(config: TrainConfig, data: TrainingData, device: torch.device, sigma: float | None, sampling_rate: float,
+            steps: int, total_steps: int, eps: float, history: list, wall_time_s: float, resumes: int) -> dict:
+    """The result JSON: final test accuracy (of the last epoch's model), privacy, timing, config, environment."""
+    notes = []
+    if not config.private:
+        notes.append("non-private training: no clipping, no noise, no privacy guarantee (epsilon = infinity)")
+    if config.private and config.sampling == "shuffle":
+        notes.append("fixed-size shuffled batches: the accountant assumes Poisson sampling, so the reported "
+                     "epsilon does NOT match how batches were drawn")
+    return {
+        "kind": "train",
+        "model": config.model,
+        "dataset": data.name,
+        "dataset_description": data.description,
+        "dataset_info": data.info,
+        "algorithm": config.algorithm,
+        "private": config.private,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "test_loss": history[-1]["test_loss"],
+        "epsilon": _json_epsilon(eps),
+        "target_epsilon": config.epsilon,
+        "delta": config.delta if config.private else None,
+        "noise_multiplier": sigma,
+        "accountant": config.accountant if config.private else None,
+        "sampling": config.sampling,
+        "sampling_rate": sampling_rate,
+        "expected_batch_size": config.batch_size,
+        "physical_batch_size": config.physical_batch_size,
+        "max_grad_norm": config.max_grad_norm if config.private else None,
+        "steps": steps,
+        "planned_steps": total_steps,
+        "epochs": config.epochs,
+        "train_size": len(data.train),
+        "test_size": len(data.test),
+        "wall_time_s": wall_time_s,
+        "resumes": resumes,
+        "notes": notes,
+        "history": history,
+        "config": dataclasses.asdict(config),
+        "environment": environment(device, "bfloat16" if config.precision == "bf16" else "float32", config.seed),
+    }
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """The run's train and test sets from `dpbench.data` ("offline" = its offline default)."""
+    from dpbench.data import default_offline_dataset, load_datasets
+
+    name = default_offline_dataset() if config.dataset == "offline" else config.dataset
+    train_set, test_set = load_datasets(name, config.data_dir, download=config.download, image_size=config.image_size)
+    info = train_set.info
+    return TrainingData(name=info.name, description=info.description, info=info.as_dict(), train=train_set,
+                        test=test_set, num_classes=info.num_classes, in_channels=info.image_shape[0],
+                        image_size=info.image_shape[1])

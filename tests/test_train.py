@@ -1,0 +1,151 @@
+"""DP training: learning within the ε budget, Poisson batches, resume after a kill, clear errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import dpbench.train as train_module
+from dpbench.cli import main
+from dpbench.errors import DpbenchError
+from dpbench.sampling import epoch_plan, physical_batches, steps_per_epoch
+from dpbench.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def digits_config(tmp_path: Path, **changes) -> TrainConfig:
+    """A small real-data run: the tanh CNN on scikit-learn's 8x8 digits (1437 train, 360 test images)."""
+    options = dict(model="cnn", dataset="digits", algorithm="mixed_ghost", noise_multiplier=1.0, accountant="rdp",
+                   epochs=1, batch_size=256, physical_batch_size=64, lr=0.2, max_grad_norm=1.0, threads=1,
+                   progress=False, out=str(tmp_path / "result.json"))
+    options.update(changes)
+    return TrainConfig(**options)
+
+
+def test_dp_run_learns_within_the_target_epsilon(tmp_path):
+    config = digits_config(tmp_path, noise_multiplier=None, epsilon=3.0, accountant="prv", epochs=2, batch_size=128)
+    result = train(config)
+    assert result["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    assert 3.0 - 0.01 < result["epsilon"] <= 3.0
+    assert result["steps"] == result["planned_steps"] == 2 * steps_per_epoch(1437, 128)
+    written = json.loads(Path(config.out).read_text())
+    for key in ["test_accuracy", "epsilon", "delta", "noise_multiplier", "steps", "wall_time_s", "dataset",
+                "sampling", "sampling_rate", "accountant", "history", "config", "environment"]:
+        assert key in written, key
+    assert written["dataset"] == "digits" and written["private"] is True
+    assert written["sampling_rate"] == pytest.approx(128 / 1437)
+    assert written["config"]["algorithm"] == "mixed_ghost"
+    assert written["environment"]["seed"] == 0 and written["environment"]["torch"] == torch.__version__
+
+
+def test_nonprivate_run_reports_no_epsilon(tmp_path):
+    result = train(digits_config(tmp_path, algorithm="nonprivate", noise_multiplier=None))
+    assert result["private"] is False and result["epsilon"] is None and result["noise_multiplier"] is None
+    assert "no privacy guarantee" in result["notes"][0]
+
+
+def test_shuffled_batches_are_labelled_as_not_matching_the_accountant(tmp_path):
+    result = train(digits_config(tmp_path, sampling="shuffle"))
+    assert result["steps"] == steps_per_epoch(1437, 256)
+    assert any("does NOT match" in note for note in result["notes"])
+
+
+def test_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
+    real_plan = train_module.epoch_plan
+
+    def plan_with_an_empty_batch(*args):
+        plan = real_plan(*args)
+        return plan[:1] + [torch.empty(0, dtype=torch.int64)] + plan[2:]
+
+    monkeypatch.setattr(train_module, "epoch_plan", plan_with_an_empty_batch)
+    result = train(digits_config(tmp_path))
+    assert result["steps"] == steps_per_epoch(1437, 256)
+
+
+def test_poisson_batches_vary_in_size_and_can_be_empty():
+    generator = torch.Generator().manual_seed(0)
+    sizes = [len(b) for b in epoch_plan(1000, 20, "poisson", generator)]
+    assert len(sizes) == 50 and len(set(sizes)) > 5
+    assert 15 < sum(sizes) / len(sizes) < 25
+    tiny = [len(b) for b in epoch_plan(1000, 1, "poisson", generator)]
+    assert 0 in tiny and max(tiny) >= 2
+    assert physical_batches(torch.empty(0, dtype=torch.int64), 8) == []
+    assert [len(c) for c in physical_batches(torch.arange(20), 8)] == [8, 8, 4]
+    shuffled = torch.cat(epoch_plan(103, 10, "shuffle", generator))
+    assert sorted(shuffled.tolist()) == list(range(103))
+
+
+def test_resume_after_a_kill_continues_exactly(tmp_path):
+    uninterrupted = train(digits_config(tmp_path / "a", epochs=3))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise Killed
+
+    config = digits_config(tmp_path / "b", epochs=3, resume=True)
+    with pytest.raises(Killed):
+        train(config, on_epoch_end=kill_after_first_epoch)
+    assert torch.load(config.checkpoint_path(), weights_only=False)["epoch"] == 1
+    resumed = train(config)
+    assert resumed["resumes"] == 1
+    assert resumed["steps"] == uninterrupted["steps"]
+    assert resumed["epsilon"] == uninterrupted["epsilon"]
+    assert resumed["test_accuracy"] == uninterrupted["test_accuracy"]
+    params_a = torch.load(Path(tmp_path / "a" / "result.ckpt.pt"), weights_only=False)["model"]
+    params_b = torch.load(config.checkpoint_path(), weights_only=False)["model"]
+    assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
+    with pytest.raises(DpbenchError, match="different run.*lr"):
+        train(digits_config(tmp_path / "b", epochs=3, resume=True, lr=0.1))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--algorithm", "fancy"], "--algorithm 'fancy' is not one of"),
+    (["--epsilon", "3", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--epsilon", "-1"], "--epsilon must be > 0"),
+    ([], "needs exactly one of --epsilon"),
+    (["--algorithm", "nonprivate", "--epsilon", "3"], "adds no noise"),
+    (["--epsilon", "3", "--model", "resnet19"], "did you mean"),
+    (["--epsilon", "3", "--precision", "bf16", "--device", "cpu"], "CUDA only"),
+    (["--epsilon", "3", "--dataset", "mnistt"], "unknown dataset 'mnistt'"),
+    (["--epsilon", "3", "--batch-size", "5000"], "exceeds the 1437 training examples"),
+    (["--lr", "abc"], "invalid float value: 'abc'"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(argv, message, capsys, tmp_path):
+    code = run_cli(["train", "--dataset", "digits", "--out", str(tmp_path / "r.json"), "--no-progress"] + argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def run_cli(argv: list[str]) -> int:
+    """The exit code of `dpbench ARGV` run in this process (argparse errors exit through SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def test_config_file_unknown_key_and_bad_type(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epsilon: 3\nlearning_rate: 0.1\n")
+    assert run_cli(["train", "--config", str(bad)]) == 2
+    assert "unknown option 'learning_rate'" in capsys.readouterr().err
+    bad.write_text("epsilon: three\n")
+    assert run_cli(["train", "--config", str(bad)]) == 2
+    assert "epsilon must be float" in capsys.readouterr().err
+
+
+def test_fashion_mnist_recipe_is_a_valid_config():
+    from dpbench.cli import build_parser
+    from dpbench.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--config", str(ROOT / "config" / "fmnist_recipe.yaml")])
+    config = config_from_args(args)
+    config.validate()
+    assert (config.model, config.epsilon, config.delta) == ("cnn_mnist", 3.0, 1e-5)
