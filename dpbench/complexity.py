@@ -37,9 +37,11 @@ instantiation = recompute x̂ (5·B·T·C) + 3·B·T·C + norms 2·B·P, memory 
 weighted sum 2·B·P. There is no ghost norm (the per-sample gradient is as small as the layer).
 
 Other trainable parameters (a bare nn.Parameter such as a ViT's cls_token or pos_embed, or a module
-without a specific rule; P parameters): modelled as used additively, so the batch gradient costs
-B·P, the per-sample gradient is a slice of the output gradient, its norm 2·B·P, memory B·P. The
-per-sample replay of such a module (torch.func) is not modelled.
+without a specific rule; P parameters) use the engine's generic rule: it replays the module's forward
+per sample (torch.func vmap of a vjp), so its per-sample gradient costs one forward and one input-
+gradient pass of every layer inside the module (for a ViT's root module: the whole network), plus
+the norms 2·B·P; memory B·P held, and the replay's layer outputs (Σ over those layers of B·T·p·g)
+transient. The batch gradient is modelled as additive use: B·P.
 
 Algorithms, per layer (two-pass algorithms: the first backward forms output gradients and norms but
 no parameter gradient, the second backward of Σ Cᵢ Lᵢ forms everything again; book-keeping (BK)
@@ -76,7 +78,6 @@ from dpbench.clipping.decision import GHOST, INSTANTIATE, ghost_space, instantia
 
 ALGORITHM_NAMES = ("nonprivate", "opacus", "opacus_ghost", "per_sample", "fastgradclip", "ghost",
                    "mixed_ghost", "bk_ghost", "bk_mixed")
-FAMILIES = ("linear", "conv", "embedding", "norm", "generic")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Layer:
 
     name: str
     type: str
-    family: str  # one of FAMILIES
+    family: str  # "linear", "conv", "embedding", "norm" or "generic" (the engine's rule)
     T: int | None
     d: int | None
     p: int | None
@@ -93,6 +94,7 @@ class Layer:
     params: int  # trainable parameters of the module itself
     bias: int  # trainable bias elements (0 if none)
     input_grad: bool  # does autograd form the gradient of the layer's input?
+    inner: tuple[str, ...] = ()  # generic family: names of the layers inside the module (replayed)
 
     @property
     def has_ghost(self) -> bool:
@@ -206,7 +208,8 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
             name=entry["name"], type=type(module).__name__, family=entry["family"],
             T=None if generic or entry["calls"] == 0 else entry["T"], d=d, p=p, groups=groups,
             params=sum(x.numel() for _, x in own), bias=sum(x.numel() for n, x in own if n == "bias"),
-            input_grad=entry["input_grad"] or generic))
+            input_grad=entry["input_grad"] or generic,
+            inner=tuple(seen[m]["name"] for m in module.modules() if m is not module and m in seen) if generic else ()))
     return layers
 
 
@@ -225,8 +228,8 @@ class Primitives:
     bookkept_sum: Cost | None  # time; held = stored output gradients; None without a ghost norm
 
 
-def primitives(layer: Layer, B: int) -> Primitives:
-    """Primitive costs of one layer at batch size B."""
+def primitives(layer: Layer, B: int, replay: Cost = Cost(0)) -> Primitives:
+    """Primitive costs of one layer at batch size B (`replay`: the generic rule's per-sample replay)."""
     if layer.family in ("linear", "conv"):
         return _matmul_primitives(layer, B)
     if layer.family == "embedding":
@@ -247,7 +250,19 @@ def primitives(layer: Layer, B: int) -> Primitives:
             weighted_sum=2 * B * P, bookkept_sum=None)
     P = layer.params
     return Primitives(forward=0, input_grad=0, weight_grad=B * P, ghost=None,
-                      instantiate=Cost(2 * B * P, held=B * P), weighted_sum=2 * B * P, bookkept_sum=None)
+                      instantiate=Cost(replay.time + 2 * B * P, held=B * P, transient=replay.transient),
+                      weighted_sum=2 * B * P, bookkept_sum=None)
+
+
+def replay_cost(layer: Layer, layers: dict[str, Layer], B: int) -> Cost:
+    """Time (forward + input gradient) and transient memory (outputs) of replaying a generic module."""
+    time = outputs = 0
+    for name in layer.inner:
+        inner = layers[name]
+        k = primitives(inner, B)
+        time += k.forward + k.input_grad
+        outputs += B * (inner.T or 0) * (inner.p or 0) * (inner.groups or 1)
+    return Cost(time, transient=outputs)
 
 
 def _matmul_primitives(layer: Layer, B: int) -> Primitives:
@@ -268,9 +283,12 @@ def _matmul_primitives(layer: Layer, B: int) -> Primitives:
         bookkept_sum=Cost(F + B * T * p * g + B * T * b, held=B * T * p * g))
 
 
-def algorithm_costs(layer: Layer, B: int = 1) -> dict[str, Cost]:
-    """Predicted cost of the layer under every algorithm (ALGORITHM_NAMES) at batch size B."""
-    k = primitives(layer, B)
+def algorithm_costs(layer: Layer, B: int = 1, replay: Cost = Cost(0)) -> dict[str, Cost]:
+    """Predicted cost of the layer under every algorithm (ALGORITHM_NAMES) at batch size B.
+
+    `replay` is the generic rule's per-sample replay of the module (see `replay_cost`); 0 otherwise.
+    """
+    k = primitives(layer, B, replay)
     inst = k.instantiate
     ghost = k.ghost or inst
     mixed = ghost if layer.choice == GHOST else inst
@@ -306,8 +324,9 @@ def algorithm_costs(layer: Layer, B: int = 1) -> dict[str, Cost]:
 def complexity_table(layers: list[Layer], model: str, image_size: int, batch_size: int = 1) -> pd.DataFrame:
     """One row per layer plus a TOTAL row (Σ time; memory Σ held + max transient)."""
     rows, totals = [], {a: [0.0, 0.0, 0.0] for a in ALGORITHM_NAMES}  # time, held, max transient
+    by_name = {layer.name: layer for layer in layers}
     for layer in layers:
-        costs = algorithm_costs(layer, batch_size)
+        costs = algorithm_costs(layer, batch_size, replay_cost(layer, by_name, batch_size))
         ghost_ok = layer.has_ghost
         row = {"model": model, "image_size": image_size, "batch_size": batch_size, "layer": layer.name,
                "type": layer.type, "family": layer.family, "T": layer.T, "d": layer.d, "p": layer.p,

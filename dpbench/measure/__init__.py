@@ -20,9 +20,6 @@ from dpbench.results import environment
 __all__ = ["BenchConfig", "MeasurementFailed", "ProbeResult", "SearchResult", "bench_result",
            "maxbatch_result", "probe", "search_max_batch"]
 
-PROBE_WARMUP = 1
-PROBE_STEPS = 1
-
 
 def bench_result(config: BenchConfig) -> dict:
     """The `kind: bench` result of one configuration, measured in a fresh process."""
