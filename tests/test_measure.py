@@ -163,3 +163,11 @@ def test_bad_arguments_are_one_line_and_exit_2(command, culprit, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"dpbench {command[0]}: error:") and culprit in err[0]
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_error_inside_the_measuring_process_is_one_line(tmp_path, capsys):
+    # the registry refuses a 4x4 input for the cnn only when the model is built, i.e. in the fresh process
+    code = main(["bench", "--algorithm", "ghost", "--model", "cnn", "--image-size", "4", "--batch-size", "2",
+                 "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "8x8" in err[0] and not (tmp_path / "x.json").exists()
