@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from dpbench.clipping import ALGORITHMS, PrivacyEngine
@@ -37,7 +37,7 @@ PRECISIONS = ("fp32", "bf16")
 ACCOUNTANTS = ("prv", "rdp")
 CHECKPOINT_VERSION = 1
 # Settings that may change between a run and its resumption; every other field must match.
-RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "device", "progress"}
+RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress"}
 
 
 @dataclass
@@ -160,6 +160,14 @@ def fetch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.
     return default_collate([dataset[int(i)] for i in indices])
 
 
+def physical_stream(dataset: Dataset, chunks: list[torch.Tensor], num_workers: int, pin_memory: bool):
+    """An iterator over the (inputs, labels) of `chunks` in order; worker processes if num_workers > 0."""
+    if num_workers == 0:
+        return (fetch(dataset, chunk) for chunk in chunks)
+    return iter(DataLoader(dataset, batch_sampler=[chunk.tolist() for chunk in chunks], num_workers=num_workers,
+                           pin_memory=pin_memory))
+
+
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
              autocast: Callable[[], Any]) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on `dataset`."""
@@ -208,7 +216,7 @@ def _identity(config: TrainConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}
 
 
-def _load_checkpoint(config: TrainConfig, device: torch.device) -> dict | None:
+def _load_checkpoint(config: TrainConfig) -> dict | None:
     """The checkpoint to resume from (None to start afresh), after checking it belongs to this run."""
     path = config.checkpoint_path()
     if not config.resume or not path.exists():
@@ -246,6 +254,26 @@ class _EpochStats:
     @property
     def accuracy(self) -> float:
         return self.correct / self.count if self.count else math.nan
+
+
+def _accumulate(model: nn.Module, engine: PrivacyEngine, x: torch.Tensor, y: torch.Tensor,
+                autocast: Callable[[], Any], stats: _EpochStats) -> None:
+    """One physical batch: forward, per-sample losses, the engine's clipped-sum backward into p.grad."""
+    with autocast():
+        logits = model(x)
+    losses = F.cross_entropy(logits.float(), y, reduction="none")
+    engine.backward(losses)
+    stats.add(losses, logits, y)
+
+
+def _noisy_update(engine: PrivacyEngine, optimizer: torch.optim.Optimizer, scheduler, expected_batch_size: int) -> None:
+    """End of a logical batch: noise once, divide by the expected batch size, step, clear gradients."""
+    engine.add_noise()
+    for p in engine.parameters:
+        p.grad.div_(expected_batch_size)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
 
 
 def _rng_states(sampling: torch.Generator, noise: torch.Generator) -> dict:
@@ -310,7 +338,7 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     scheduler = _scheduler(config, optimizer, total_steps)
 
     start_epoch, steps, history, earlier_wall_time, resumes = 0, 0, [], 0.0, 0
-    checkpoint = _load_checkpoint(config, device)
+    checkpoint = _load_checkpoint(config)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -329,35 +357,29 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     def spent() -> float:
         return ledger.epsilon() if ledger is not None else math.inf
 
+    eps_shown = spent()
     model.train()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         stats = _EpochStats()
-        plan = epoch_plan(n_train, config.batch_size, config.sampling, sampling_generator)
+        plan = [physical_batches(logical, config.physical_batch_size)
+                for logical in epoch_plan(n_train, config.batch_size, config.sampling, sampling_generator)]
+        stream = physical_stream(data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
+                                 pin_memory=device.type == "cuda")
         bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
                    dynamic_ncols=True)
-        for position, logical in enumerate(bar):
-            for indices in physical_batches(logical, config.physical_batch_size):
-                x, y = fetch(data.train, indices)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast():
-                    logits = model(x)
-                losses = F.cross_entropy(logits.float(), y, reduction="none")
-                engine.backward(losses)
-                stats.add(losses, logits, y)
-            engine.add_noise()
-            for p in engine.parameters:
-                p.grad.div_(config.batch_size)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+        for position, chunks in enumerate(bar):
+            for _ in chunks:
+                x, y = next(stream)
+                _accumulate(model, engine, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                            autocast, stats)
+            _noisy_update(engine, optimizer, scheduler, config.batch_size)
             steps += 1
             if ledger is not None:
                 ledger.step()
-            postfix = {"loss": f"{stats.loss:.3f}", "acc": f"{stats.accuracy:.3f}"}
-            if position == len(plan) - 1:  # ε costs up to a second or two: once per epoch
-                postfix["eps"] = f"{spent():.3f}"
-            bar.set_postfix(postfix)
+            if position == len(plan) - 1:  # ε costs up to a second or two: refreshed once per epoch
+                eps_shown = spent()
+            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}")
         bar.close()
         test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, device, autocast)
         if device.type == "cuda":
@@ -367,7 +389,8 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
                   "epoch_time_s": time.perf_counter() - epoch_started}
         history.append(record)
         if config.progress:
-            tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.4f}, ε spent {record['epsilon']}")
+            privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
+            tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.4f}, {privacy}")
         _save_checkpoint(config.checkpoint_path(), {
             "version": CHECKPOINT_VERSION, "identity": _identity(config), "epoch": epoch + 1, "steps": steps,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -53,6 +53,13 @@ def test_shuffled_batches_are_labelled_as_not_matching_the_accountant(tmp_path):
     assert any("does NOT match" in note for note in result["notes"])
 
 
+def test_loader_workers_give_the_same_run(tmp_path):
+    in_process = train(digits_config(tmp_path / "a"))
+    with_workers = train(digits_config(tmp_path / "b", num_workers=1))
+    for key in ["train_loss", "train_accuracy", "test_loss", "test_accuracy"]:
+        assert with_workers["history"][-1][key] == in_process["history"][-1][key], key
+
+
 def test_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
     real_plan = train_module.epoch_plan
 
