@@ -294,3 +294,16 @@ def test_parameters_used_outside_their_module_go_to_the_host_generic_rule(case):
     report = {r["name"]: r for r in engines[0].layer_report}
     assert report[host]["rule"] == "GenericRule"
     assert adopted not in report  # its only parameter moved to the host
+
+
+def test_norms_computed_in_batch_chunks_are_exact(monkeypatch):
+    """With a tiny working-memory budget every layer's norm is computed a few samples at a time."""
+    import dpbench.clipping.own as own
+
+    monkeypatch.setattr(own, "CHUNK_ELEMENTS", 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Tanh(), nn.Conv2d(4, 4, 3),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    run_all(model, torch.randn(5, 3, 6, 6))
+    run_all(Reused(), torch.randint(0, 5, (4, 4)))
+    run_all(TokenModel(), torch.randn(3, 3, 4))

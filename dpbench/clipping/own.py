@@ -15,9 +15,12 @@ from torch.utils._pytree import tree_flatten
 from dpbench.clipping.algorithms import Algorithm
 from dpbench.clipping.decision import INSTANTIATE
 from dpbench.clipping.layers import Call, GenericRule, LayerRule, rule_for
-from dpbench.clipping.layers.base import squared_norms, weighted_sum
+from dpbench.clipping.layers.base import batch_slice, squared_norms, weighted_sum
 from dpbench.clipping.usage import ParameterUseCheck
 from dpbench.errors import DpbenchError
+
+
+CHUNK_ELEMENTS = 2 ** 25  # temporaries of one layer's norm computation, at least (elements)
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -137,18 +140,27 @@ class OwnBackend:
         for c in calls:
             self._validate(rule, c)
         choice = rule.choose(calls, self.algorithm.norms)
+        book_keeping = self.algorithm.sums == "bookkeeping"
         self._replaying = True  # the generic rule replays forwards: keep the hooks quiet
         try:
-            if choice == INSTANTIATE:
-                kept = rule.instantiate(calls)
-                sq = squared_norms(kept)
-            else:
-                kept = calls
-                sq = rule.ghost_norm_sq(calls)
+            parts, sqs = [], []
+            for chunk in self._chunks(rule, calls, choice):
+                if choice == INSTANTIATE:
+                    grads = rule.instantiate(chunk)
+                    sqs.append(squared_norms(grads))
+                    if book_keeping:
+                        parts.append(grads)
+                else:
+                    sqs.append(rule.ghost_norm_sq(chunk))
         finally:
             self._replaying = False
+        sq = torch.cat(sqs) if len(sqs) > 1 else sqs[0]
+        if choice == INSTANTIATE:
+            kept = {n: torch.cat([p[n] for p in parts]) for n in parts[0]} if len(parts) > 1 else (parts or [None])[0]
+        else:
+            kept = calls
         self._norm_sq += sq.to(self._norm_sq.dtype)
-        if self.algorithm.sums == "bookkeeping":
+        if book_keeping:
             self._kept.append((rule, choice, kept))
         shape = rule.shape(calls)
         self.layer_report.append({
@@ -156,6 +168,19 @@ class OwnBackend:
             "T": shape.T if shape else None, "d": shape.d if shape else None,
             "p": shape.p if shape else None, "groups": shape.groups if shape else None,
             "calls": len(calls), "choice": choice, "_module": module})
+
+    def _chunks(self, rule: LayerRule, calls: list[Call], choice: str):
+        """The calls in batch chunks whose temporaries (unfolded inputs, Gram matrices, per-sample
+        gradients) stay within max(CHUNK_ELEMENTS, the layer's output gradient) at a time. Book-keeping
+        keeps instantiated gradients anyway, so it is not chunked for them."""
+        B = self._norm_sq.shape[0]
+        if choice == INSTANTIATE and self.algorithm.sums == "bookkeeping":
+            return [calls]
+        budget = max(CHUNK_ELEMENTS, sum(g.numel() for c in calls for g in c.grads if g is not None))
+        size = max(1, budget // max(1, rule.working_space(calls, choice)))
+        if size >= B:
+            return [calls]
+        return [batch_slice(calls, slice(i, min(i + size, B)), B) for i in range(0, B, size)]
 
     def _validate(self, rule: LayerRule, call: Call) -> None:
         inputs = _tensors((call.args, call.kwargs))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dpbench.clipping.decision import GHOST, INSTANTIATE, mixed_choice
 
@@ -61,6 +62,13 @@ class LayerRule:
         s = self.shape(calls)
         return mixed_choice(s.T, s.d, s.p, s.groups)
 
+    def working_space(self, calls: list[Call], choice: str) -> int:
+        """Elements per sample of the temporary tensors of a norm computation with this choice."""
+        if choice == INSTANTIATE:
+            return sum(p.numel() for p in self.params.values())
+        s = self.shape(calls)
+        return 2 * s.T * s.T * s.groups
+
     def instantiate(self, calls: list[Call]) -> dict[str, torch.Tensor]:
         """Per-sample gradients {param name: Tensor[B, *param.shape]}."""
         raise NotImplementedError
@@ -72,6 +80,22 @@ class LayerRule:
     def clipped_sum(self, calls: list[Call], coef: torch.Tensor) -> dict[str, torch.Tensor]:
         """Σᵢ coefᵢ·gᵢ per parameter from the stored inputs and output gradients (book-keeping)."""
         raise NotImplementedError
+
+
+def batch_slice(calls: list[Call], rows: slice, batch: int) -> list[Call]:
+    """The calls restricted to samples `rows`: every tensor with leading dimension `batch` is sliced."""
+
+    def cut(x):
+        return x[rows] if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == batch else x
+
+    out = []
+    for c in calls:
+        leaves, spec = tree_flatten((c.args, c.kwargs))
+        args, kwargs = tree_unflatten([cut(x) for x in leaves], spec)
+        out.append(Call(args, kwargs, c.versions, c.out_spec, c.out_index,
+                        tuple(((rows.stop - rows.start, *m[0][1:]), *m[1:]) for m in c.out_meta),
+                        [cut(g) for g in c.grads], 0))
+    return out
 
 
 def squared_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpbench.clipping.decision import INSTANTIATE
 from dpbench.clipping.layers.base import Call, LayerRule, LayerShape
 
 
@@ -44,6 +45,26 @@ def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     return x.permute(perm).reshape(B, groups, math.prod(out_shape), -1)
 
 
+def per_sample_weight_grad(conv: nn.modules.conv._ConvNd, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """[B, *weight.shape] per-sample weight gradients without unfolding: the batch is folded into
+    the groups of one convolution-weight backward (batch·groups groups), so the only memory is the
+    result. Faster than unfold + matmul when T is not small against d."""
+    B, nd = x.shape[0], len(conv.kernel_size)
+    x, padding = padded_input(conv, x)
+    shape = (B * conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size)
+    weight = conv.weight.new_empty(1).expand(shape)  # only its shape is read
+    grad = torch.ops.aten.convolution_backward(
+        g.reshape(1, -1, *g.shape[2:]), x.reshape(1, -1, *x.shape[2:]), weight, None, conv.stride,
+        padding, conv.dilation, False, [0] * nd, B * conv.groups, [False, True, False])[1]
+    return grad.view(B, *conv.weight.shape)
+
+
+def unfold_is_faster(T: int, d: int) -> bool:
+    """Unfold + matmul beats the grouped weight backward only for few positions against d
+    (measured on CPU: 2x faster at T=64, d=2304; 2-3x slower at T ≥ 256)."""
+    return 8 * T < d
+
+
 def grouped_grad_output(conv: nn.modules.conv._ConvNd, g: torch.Tensor) -> torch.Tensor:
     """Output gradient as [B, groups, p, T]."""
     return g.reshape(g.shape[0], conv.groups, conv.out_channels // conv.groups, -1)
@@ -70,12 +91,23 @@ class ConvRule(LayerRule):
     def _bias_grads(self, calls: list[Call]) -> torch.Tensor:
         return sum(c.grads[0].flatten(2).sum(2) for c in calls)
 
+    def working_space(self, calls, choice):
+        s = self.shape(calls)
+        if choice == INSTANTIATE:
+            unfolded = s.T * s.d * s.groups if unfold_is_faster(s.T, s.d) else 0
+            return self.module.weight.numel() + unfolded
+        return s.T * s.groups * (s.d + 2 * s.T)
+
     def instantiate(self, calls):
         out = {}
         if "weight" in self.params:
-            a, g = self._stacked(calls)
-            w = torch.matmul(g, a)  # [B, groups, p, d]
-            out["weight"] = w.reshape(w.shape[0], *self.module.weight.shape)
+            s = self.shape(calls)
+            if unfold_is_faster(s.T, s.d):
+                a, g = self._stacked(calls)
+                w = torch.matmul(g, a)  # [B, groups, p, d]
+                out["weight"] = w.reshape(w.shape[0], *self.module.weight.shape)
+            else:
+                out["weight"] = sum(per_sample_weight_grad(self.module, c.args[0], c.grads[0]) for c in calls)
         if "bias" in self.params:
             out["bias"] = self._bias_grads(calls)
         return out
