@@ -90,7 +90,8 @@ def run_one(args, algorithm: str, model: str, batch: int, out: Path) -> dict:
     result = json.loads(out.read_text())
     if result["oom"]:
         return {**row, "status": "oom", "note": result["error"]}
-    return {**row, "status": "ok", "step_time_s": result["step_time_s"]["median"],
+    cpu_share = result["step_cpu_time_s"]["median"] / (result["step_time_s"]["median"] * args.threads)
+    return {**row, "status": "ok", "step_time_s": result["step_time_s"]["median"], "cpu_share": cpu_share,
             "throughput_img_s": result["throughput_img_s"]["median"], "peak_memory_bytes": result["peak_memory_bytes"],
             "memory_method": result["memory_method"]}
 
@@ -129,7 +130,8 @@ def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
                 stats[algorithm] = {"status": "ok", "rounds": len(ok),
                                     "step_time_s": statistics.median(ok["step_time_s"]),
                                     "throughput_img_s": statistics.median(ok["throughput_img_s"]),
-                                    "peak_memory_bytes": int(statistics.median(ok["peak_memory_bytes"]))}
+                                    "peak_memory_bytes": int(statistics.median(ok["peak_memory_bytes"])),
+                                    "cpu_share": statistics.median(ok["cpu_share"])}
             elif len(runs):
                 first = runs.iloc[0]
                 stats[algorithm] = {"status": first["status"], "rounds": 0,
@@ -195,7 +197,10 @@ def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, start
         "",
         f"Load average (1 min) seen before the runs: min {raw['load_before'].min():.1f}, median "
         f"{raw['load_before'].median():.1f}, max {raw['load_before'].max():.1f} on {os.cpu_count()} cores; other "
-        "work on the machine slows some runs more than others, which adds noise to the ratios. "
+        "work on the machine slows some runs more than others, which adds noise to the ratios. CPU share of "
+        "the timed steps (process CPU time ÷ (wall time × threads); 1 = the run had its cores to itself, "
+        f"though OpenMP threads that spin while waiting count as busy): min {raw['cpu_share'].min():.2f}, "
+        f"median {raw['cpu_share'].median():.2f}. "
         f"The same numbers per algorithm: `{args.out_csv.name}` beside this file.",
         "",
     ]
@@ -231,7 +236,7 @@ def main(argv=None) -> int:
     env = environment("cpu", "float32", 0)
     env["threads"] = args.threads
     columns = ["model", "batch_size", "algorithm", "status", "rounds", "step_time_s", "throughput_img_s",
-               "peak_memory_bytes", "throughput_ratio", "memory_ratio", "note"]
+               "peak_memory_bytes", "throughput_ratio", "memory_ratio", "cpu_share", "note"]
     summary = summary.reindex(columns=columns)
     summary["date"] = f"{started:%Y-%m-%d}"
     summary["command"] = command.strip()

@@ -113,7 +113,7 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
     peak_reset = reset_peak_rss()
     if status_path is not None:
         status_path.write_text(json.dumps({"baseline_rss_bytes": baseline}))
-    result = {"oom": False, "error": None, "step_time_s": None, "throughput_img_s": None,
+    result = {"oom": False, "error": None, "step_time_s": None, "throughput_img_s": None, "step_cpu_time_s": None,
               "memory_method": CUDA_METHOD if device.type == "cuda" else CPU_METHOD,
               "baseline_memory_bytes": baseline if device.type == "cpu" else None,
               "cpu_peak_reset": peak_reset if device.type == "cpu" else None}
@@ -125,13 +125,14 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
         _synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
+        times, cpu_times = [], []
         for _ in range(config.steps):
             _synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             train_step(model, engine, optimizer, x, y)
             _synchronize(device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     except Exception as error:  # noqa: BLE001 (only memory failures are results; others re-raised)
         if not is_out_of_memory(error):
             raise
@@ -142,6 +143,9 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
     if times is not None:
         result["step_time_s"] = {**_quantiles(times), "min": min(times), "max": max(times), "samples": times}
         result["throughput_img_s"] = _quantiles([config.batch_size / t for t in times])
+        # CPU seconds of this process (all threads) per step: on a shared machine, wall ≫ cpu/threads
+        # means the run waited for cores that other work held
+        result["step_cpu_time_s"] = {**_quantiles(cpu_times), "samples": cpu_times}
     return result
 
 

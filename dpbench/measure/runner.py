@@ -64,7 +64,7 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
             killed = "killed by SIGKILL (the kernel's out-of-memory killer?)"
         if killed is not None:
             return {"oom": True, "error": f"measuring process killed: {killed}", "killed": killed,
-                    "step_time_s": None, "throughput_img_s": None, "peak_memory_bytes": peak_seen,
+                    "step_time_s": None, "throughput_img_s": None, "step_cpu_time_s": None, "peak_memory_bytes": peak_seen,
                     "memory_method": CPU_METHOD, "baseline_memory_bytes": baseline}
         if process.returncode == 2 and result_path.exists():
             raise DpbenchError(json.loads(result_path.read_text())["user_error"])
