@@ -19,8 +19,10 @@ skips it because the image needs no gradient):
                          memory 2·B·T²·g (the two Grams; 0 if T = 1)
     instantiation        F + 2·B·p·d·g             per-sample gradients Gᵀ A and their squared norms
                          + B·T·b + 2B·b            (bias as above);  memory B·(p·d·g + b)
-    unfold (conv only)   memory B·T·d·g            im2col copy of the input that ghost norms and
-                                                   instantiation need (0 FLOPs: a copy)
+    unfold (conv only)   memory B·T·d·g            im2col copy of the input that ghost norms need, and
+                                                   instantiation when 8T < d (0 FLOPs: a copy); else the
+                                                   engine instantiates by one weight backward with the
+                                                   batch folded into the groups (same FLOPs, no copy)
     weighted sum         2·B·(p·d·g + b)           Σᵢ Cᵢ gᵢ of instantiated gradients
     book-kept sum        F + B·T·p·g + B·T·b       (Cᵢ·G)ᵀA from the stored output gradient G
                          memory B·T·p·g            G stored from the backward until the clipping factors
@@ -57,6 +59,8 @@ forms the clipped sum from stored output gradients in the single backward):
     bk_ghost       fwd + in + ghost + bk-sum (inst + wsum where no ghost)   stored G (or gradients) held
     bk_mixed       fwd + in + mixed branch: ghost + bk-sum | inst + wsum    held as above
 
+The engine computes norms in batch chunks whose temporaries stay under a working-memory cap
+(dpbench.clipping.own), so at large B the transient memory here is the unchunked upper bound.
 Opacus' wgrad counts because autograd still forms the plain parameter gradients; Opacus' ghost mode
 (1.6) has true ghost norms only for Linear and Embedding and runs its first backward with parameter
 gradients. Memory of a layer = held + transient elements; the model TOTAL is Σ held + max transient
@@ -75,6 +79,7 @@ import torch
 from torch import nn
 
 from dpbench.clipping.decision import GHOST, INSTANTIATE, ghost_space, instantiate_space, mixed_choice
+from dpbench.clipping.layers.conv import unfold_is_faster
 
 ALGORITHM_NAMES = ("nonprivate", "opacus", "opacus_ghost", "per_sample", "fastgradclip", "ghost",
                    "mixed_ghost", "bk_ghost", "bk_mixed")
@@ -269,6 +274,7 @@ def _matmul_primitives(layer: Layer, B: int) -> Primitives:
     T, d, p, g, b = layer.T, layer.d, layer.p, layer.groups, layer.bias
     F = 2 * B * T * p * d * g
     unfold = B * T * d * g if layer.family == "conv" else 0
+    instantiate_unfold = unfold if unfold_is_faster(T, d) else 0
     bias_norm = B * T * b + 2 * B * b
     if T == 1:
         ghost = Cost(B * g * (2 * d + 2 * p + 1) + bias_norm, transient=unfold)
@@ -278,7 +284,7 @@ def _matmul_primitives(layer: Layer, B: int) -> Primitives:
     return Primitives(
         forward=F + B * T * b, input_grad=F if layer.input_grad else 0, weight_grad=F + B * T * b,
         ghost=ghost,
-        instantiate=Cost(F + 2 * B * p * d * g + bias_norm, held=B * (p * d * g + b), transient=unfold),
+        instantiate=Cost(F + 2 * B * p * d * g + bias_norm, held=B * (p * d * g + b), transient=instantiate_unfold),
         weighted_sum=2 * B * (p * d * g + b),
         bookkept_sum=Cost(F + B * T * p * g + B * T * b, held=B * T * p * g))
 
