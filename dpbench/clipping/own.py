@@ -20,11 +20,18 @@ from dpbench.clipping.usage import ParameterUseCheck
 from dpbench.errors import DpbenchError
 
 
-CHUNK_ELEMENTS = 2 ** 25  # temporaries of one layer's norm computation, at least (elements)
+CHUNK_ELEMENTS = 2 ** 20  # temporaries of one layer's norm computation may always use this many elements
 
 
 def _tensors(tree) -> list[torch.Tensor]:
     return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
+
+
+def _release(calls: list[Call]) -> None:
+    """Drop a layer's inputs and output gradients once used: the output tensors' hooks still point at
+    these calls while the graph lives (until the second backward), which would keep them alive."""
+    for c in calls:
+        c.args, c.kwargs, c.grads = (), {}, []
 
 
 class OwnBackend:
@@ -140,6 +147,7 @@ class OwnBackend:
         for c in calls:
             self._validate(rule, c)
         choice = rule.choose(calls, self.algorithm.norms)
+        shape = rule.shape(calls)
         book_keeping = self.algorithm.sums == "bookkeeping"
         self._replaying = True  # the generic rule replays forwards: keep the hooks quiet
         try:
@@ -157,12 +165,14 @@ class OwnBackend:
         sq = torch.cat(sqs) if len(sqs) > 1 else sqs[0]
         if choice == INSTANTIATE:
             kept = {n: torch.cat([p[n] for p in parts]) for n in parts[0]} if len(parts) > 1 else (parts or [None])[0]
+            _release(calls)
         else:
             kept = calls
+            if not book_keeping:
+                _release(calls)
         self._norm_sq += sq.to(self._norm_sq.dtype)
         if book_keeping:
             self._kept.append((rule, choice, kept))
-        shape = rule.shape(calls)
         self.layer_report.append({
             "name": rule.name, "type": type(module).__name__, "rule": type(rule).__name__,
             "T": shape.T if shape else None, "d": shape.d if shape else None,
@@ -227,6 +237,8 @@ class OwnBackend:
         while self._kept:
             rule, choice, kept = self._kept.pop()
             sums = weighted_sum(kept, coef) if choice == INSTANTIATE else rule.clipped_sum(kept, coef)
+            if choice != INSTANTIATE:
+                _release(kept)
             for name, value in sums.items():
                 p = rule.params[name]
                 value = value.to(p.dtype)
