@@ -95,10 +95,11 @@ def train_frame(paths) -> pd.DataFrame:
         r = read_result(path, "train")
         c = r["config"]
         rows.append({
-            "model": c.get("model"), "dataset": r.get("dataset", c.get("dataset")), "algorithm": c.get("algorithm"),
-            "target_epsilon": c.get("epsilon"), "epsilon": r.get("epsilon"), "delta": r.get("delta"),
-            "noise_multiplier": r.get("noise_multiplier"), "accountant": r.get("accountant"),
-            "epochs": r.get("epochs"), "steps": r.get("steps"),
+            "model": r.get("model", c.get("model")), "dataset": r.get("dataset", c.get("dataset")),
+            "algorithm": r.get("algorithm", c.get("algorithm")),
+            "target_epsilon": r.get("target_epsilon", c.get("epsilon")), "epsilon": r.get("epsilon"),
+            "delta": r.get("delta"), "noise_multiplier": r.get("noise_multiplier"), "accountant": r.get("accountant"),
+            "epochs": r.get("epochs"), "steps": r.get("steps"), "expected_batch_size": r.get("expected_batch_size"),
             "test_accuracy": r.get("test_accuracy"), "wall_time_s": r.get("wall_time_s"),
             "device": device_label(r["environment"]),
         })
@@ -106,7 +107,7 @@ def train_frame(paths) -> pd.DataFrame:
 
 
 TRAIN_COLUMNS = ["model", "dataset", "algorithm", "target_epsilon", "epsilon", "delta", "noise_multiplier",
-                 "accountant", "epochs", "steps", "test_accuracy", "wall_time_s", "device"]
+                 "accountant", "epochs", "steps", "expected_batch_size", "test_accuracy", "wall_time_s", "device"]
 
 
 def complexity_frame(paths) -> pd.DataFrame:

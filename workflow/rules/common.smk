@@ -1,5 +1,6 @@
 """Configuration checks, result paths and the sweep expansions shared by every rule file."""
 
+import hashlib
 import json
 import shlex
 import sys
@@ -83,13 +84,13 @@ def fmt_epsilon(epsilon):
     return f"{float(epsilon):g}"
 
 
-def resolve_dataset(name):
-    """The dataset name a train run uses; "offline" = the offline default of dpbench.data."""
-    if name != "offline":
-        return name
-    from dpbench.data import default_offline_dataset
-
-    return default_offline_dataset()
+def train_checkpoint(wildcards):
+    """The run's checkpoint, named after a hash of everything that defines the run: a killed job
+    resumes from it (--resume), a changed config starts afresh instead of hitting a foreign one."""
+    identity = {"run": TRAIN_RUNS[wildcards.run], "device": config["device"], "seed": config["seed"],
+                "algorithm": wildcards.algorithm, "epsilon": wildcards.epsilon}
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return f"results/train/{wildcards.run}/{wildcards.algorithm}_eps{wildcards.epsilon}.{digest}.ckpt.pt"
 
 
 # ---------------------------------------------------------------- target lists
@@ -149,9 +150,9 @@ def train_options(run):
     """The extra `dpbench train` options of a run, as command-line text."""
     words = []
     for key, value in TRAIN_RUNS[run]["options"].items():
-        if value is True:
-            words.append(f"--{key}")
-        elif value is not False:
+        if isinstance(value, bool):
+            words.append(f"--{key}" if value else f"--no-{key}")
+        else:
             words += [f"--{key}", shlex.quote(str(value))]
     return " ".join(words)
 

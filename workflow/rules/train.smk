@@ -8,8 +8,9 @@ rule train:
         "logs/train/{run}/{algorithm}_eps{epsilon}.log",
     params:
         model=lambda wc: TRAIN_RUNS[wc.run]["model"],
-        dataset=lambda wc: resolve_dataset(TRAIN_RUNS[wc.run]["dataset"]),
+        dataset=lambda wc: TRAIN_RUNS[wc.run]["dataset"],
         options=lambda wc: train_options(wc.run),
+        checkpoint=train_checkpoint,
     threads: config["threads"]
     resources:
         runtime=stage_resources("train")["runtime"],
@@ -19,6 +20,7 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {DPBENCH} train --model {params.model} --dataset {params.dataset}"
-        " --algorithm {wildcards.algorithm} --epsilon {wildcards.epsilon} {params.options}"
-        " --device {config[device]} --seed {config[seed]} --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {DPBENCH} train --model {params.model}"
+        " --dataset {params.dataset} --algorithm {wildcards.algorithm} --epsilon {wildcards.epsilon}"
+        " {params.options} --device {config[device]} --seed {config[seed]} --threads {threads}"
+        " --checkpoint {params.checkpoint} --resume --out {output.json} > {log} 2>&1"
