@@ -388,9 +388,9 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
                   "test_loss": test_loss, "test_accuracy": test_accuracy, "epsilon": _json_epsilon(spent()),
                   "epoch_time_s": time.perf_counter() - epoch_started}
         history.append(record)
-        if config.progress:
-            privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
-            tqdm.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.4f}, {privacy}")
+        privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, test accuracy "
+                   f"{test_accuracy:.4f}, {privacy}, {record['epoch_time_s']:.1f} s")
         _save_checkpoint(config.checkpoint_path(), {
             "version": CHECKPOINT_VERSION, "identity": _identity(config), "epoch": epoch + 1, "steps": steps,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
