@@ -237,3 +237,37 @@ def test_cuda_noise_with_cuda_generator():
                            generator=torch.Generator(device="cuda").manual_seed(0))
     engine.add_noise()
     assert abs(model.weight.grad.std().item() / 2.0 - 1) < 0.05
+
+
+class Tokens(nn.Module):
+    """A bare parameter (generic rule) around a linear layer."""
+
+    def __init__(self, d=36):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d))
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.proj(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1))
+
+
+@pytest.mark.parametrize("algorithm", ["per_sample", "fastgradclip", "ghost", "mixed_ghost", "bk_ghost", "bk_mixed"])
+def test_bf16_autocast_matches_float32_to_bf16_precision(algorithm):
+    """Under autocast, layers recorded in float32 ran in bfloat16: the rules follow the gradients'
+    precision, and the generic rule replays under the same autocast."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Unflatten(1, (4, 36)),
+                          Tokens())
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    results = []
+    for use_autocast in (False, True):
+        work = copy.deepcopy(model)
+        engine = PrivacyEngine(work, algorithm, max_grad_norm=1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_autocast):
+            out = work(x)
+        engine.backward(per_sample_loss(out.float().flatten(1)[:, :4], y))
+        results.append((engine.per_sample_norms, [p.grad for p in work.parameters()]))
+    (n32, g32), (n16, g16) = results
+    torch.testing.assert_close(n16, n32, rtol=5e-2, atol=0)
+    for a, b in zip(g16, g32):
+        assert a.dtype == torch.float32 and (a - b).norm() <= 5e-2 * b.norm() + 1e-6

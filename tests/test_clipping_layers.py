@@ -10,9 +10,17 @@ from torch import nn
 
 from oracle import OWN_ALGORITHMS, check_algorithm, oracle
 
-torch.set_default_dtype(torch.float64)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SEEDS = range(12)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """These tests isolate the rules' logic from rounding: float64, restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def run_all(model, x, target=None, algorithms=OWN_ALGORITHMS, rtol=1e-9):

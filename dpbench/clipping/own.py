@@ -120,9 +120,12 @@ class OwnBackend:
         if not index:
             return
         inputs = _tensors((args, kwargs))
+        device_type = leaves[index[0]].device.type
+        autocast = ((device_type, torch.get_autocast_dtype(device_type))
+                    if torch.is_autocast_enabled(device_type) else None)
         call = Call(args, kwargs, tuple(x._version for x in inputs), spec, index,
                     tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
-                    [None] * len(index), len(index))
+                    [None] * len(index), len(index), autocast)
         (self._calls if store is None else store).setdefault(module, []).append(call)
         for k, i in enumerate(index):
             leaves[i].register_hook(partial(self._on_grad, module, call, k))
@@ -198,7 +201,12 @@ class OwnBackend:
             raise DpbenchError(f"an input of module '{rule.name}' was modified in place after the module "
                                "used it; per-sample gradients need it unchanged (use inplace=False there)")
         B = self._norm_sq.shape[0]
-        if not isinstance(rule, GenericRule) and call.args[0].shape[0] != B:
+        if isinstance(rule, GenericRule):
+            return
+        a, g = call.args[0], next(g for g in call.grads if g is not None)
+        if a.is_floating_point() and a.dtype != g.dtype:  # autocast ran the layer in g's precision
+            call.args = (a.to(g.dtype), *call.args[1:])
+        if a.shape[0] != B:
             raise DpbenchError(f"module '{rule.name}' got an input with leading dimension "
                                f"{call.args[0].shape[0]}, but the batch has {B} losses: dpbench needs "
                                "batch-first inputs in every layer")

@@ -23,6 +23,7 @@ class Call:
     out_meta: tuple = ()  # (shape, dtype, device) of those leaves, to fill in gradients that never came
     grads: list = field(default_factory=list)  # one per hooked output leaf, None until seen
     pending: int = 0
+    autocast: tuple | None = None  # (device type, dtype) when the forward ran under autocast
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def batch_slice(calls: list[Call], rows: slice, batch: int) -> list[Call]:
         args, kwargs = tree_unflatten([cut(x) for x in leaves], spec)
         out.append(Call(args, kwargs, c.versions, c.out_spec, c.out_index,
                         tuple(((rows.stop - rows.start, *m[0][1:]), *m[1:]) for m in c.out_meta),
-                        [cut(g) for g in c.grads], 0))
+                        [cut(g) for g in c.grads], 0, c.autocast))
     return out
 
 

@@ -6,7 +6,7 @@ in forward and the output gradients seen in backward."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -76,7 +76,9 @@ class GenericRule(LayerRule):
             return pullback(tuple(g.unsqueeze(0) for g in gs))[0]
 
         try:
-            with torch.no_grad(), _zero_rate_dropouts_off(module):
+            replay_autocast = (torch.autocast(call.autocast[0], dtype=call.autocast[1]) if call.autocast
+                               else nullcontext())
+            with torch.no_grad(), _zero_rate_dropouts_off(module), replay_autocast:
                 return vmap(per_sample, randomness="error")(tuple(leaves[i] for i in batched), tuple(grads))
         except RuntimeError as err:
             if "randomness" in str(err):
