@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from dpbench.clipping import ALGORITHMS, PrivacyEngine
@@ -65,6 +65,7 @@ class TrainConfig:
     image_size: int | None = None
     pretrained: bool = False
     allow_random_init: bool = False
+    train_size: int | None = None
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
@@ -83,8 +84,8 @@ class TrainConfig:
         for name, allowed in [("accountant", ACCOUNTANTS), ("sampling", SAMPLING_METHODS),
                               ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)]:
             _choice(name, getattr(self, name), allowed)
-        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size"]:
-            if not int(getattr(self, name)) >= 1:
+        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size", "train_size"]:
+            if getattr(self, name) is not None and not getattr(self, name) >= 1:
                 raise DpbenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ["lr", "max_grad_norm"]:
             if not getattr(self, name) > 0:
@@ -456,6 +457,14 @@ def _result(config: TrainConfig, data: TrainingData, device: torch.device, sigma
     }
 
 
+def training_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    """`size` examples of `dataset` chosen by a permutation seeded with `seed` (in-memory data stays a tensor)."""
+    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(tensor[keep] for tensor in dataset.tensors))
+    return Subset(dataset, keep.tolist())
+
+
 def load_training_data(config: TrainConfig) -> TrainingData:
     """The run's train and test sets from `dpbench.data` ("offline" = its offline default)."""
     from dpbench.data import default_offline_dataset, load_datasets
@@ -463,6 +472,13 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     name = default_offline_dataset() if config.dataset == "offline" else config.dataset
     train_set, test_set = load_datasets(name, config.data_dir, download=config.download, image_size=config.image_size)
     info = train_set.info
-    return TrainingData(name=info.name, description=info.description, info=info.as_dict(), train=train_set,
+    description = info.description
+    if config.train_size is not None:
+        if config.train_size > len(train_set):
+            raise DpbenchError(f"--train-size {config.train_size} exceeds the {len(train_set)} training examples "
+                               f"of {name}")
+        train_set = training_subset(train_set, config.train_size, config.seed)
+        description += f"; training on a random subset of {config.train_size} of {info.train_size} examples"
+    return TrainingData(name=info.name, description=description, info=info.as_dict(), train=train_set,
                         test=test_set, num_classes=info.num_classes, in_channels=info.image_shape[0],
                         image_size=info.image_shape[1])

@@ -60,6 +60,12 @@ def test_loader_workers_give_the_same_run(tmp_path):
         assert with_workers["history"][-1][key] == in_process["history"][-1][key], key
 
 
+def test_training_subset_sets_the_sampling_rate(tmp_path):
+    result = train(digits_config(tmp_path, train_size=512, batch_size=128))
+    assert result["train_size"] == 512 and result["sampling_rate"] == 128 / 512
+    assert result["steps"] == 4 and "subset of 512" in result["dataset_description"]
+
+
 def test_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
     real_plan = train_module.epoch_plan
 
@@ -121,6 +127,8 @@ def test_resume_after_a_kill_continues_exactly(tmp_path):
     (["--epsilon", "3", "--precision", "bf16", "--device", "cpu"], "CUDA only"),
     (["--epsilon", "3", "--dataset", "mnistt"], "unknown dataset 'mnistt'"),
     (["--epsilon", "3", "--batch-size", "5000"], "exceeds the 1437 training examples"),
+    (["--epsilon", "3", "--train-size", "2000"], "--train-size 2000 exceeds the 1437"),
+    (["--epsilon", "3", "--train-size", "0"], "--train-size must be at least 1"),
     (["--lr", "abc"], "invalid float value: 'abc'"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(argv, message, capsys, tmp_path):

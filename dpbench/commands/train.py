@@ -38,6 +38,7 @@ HELP = {
     "image_size": "input size of the model; the data is resized to it (default: the dataset's)",
     "pretrained": "load pretrained timm weights",
     "allow_random_init": "with --pretrained: continue with random weights when none can be loaded",
+    "train_size": "train on a seeded random subset of this many examples (q = L / this); quick runs",
     "data_dir": "directory of the datasets",
     "download": "download the dataset if it is missing (CIFAR; needs a network)",
     "device": "cpu, cuda, cuda:N or auto",
