@@ -1,0 +1,152 @@
+"""The Snakemake workflow: dry-runs of the default and the paper config with their job counts per
+rule, schema rejection of bad configs, and the whole pipeline on a reduced config end to end in a
+temporary directory (`.test/config/pipeline.yaml`, ~1-2 min), with its HTML report."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from itertools import product
+from math import prod
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+AGGREGATES = {"tables": 1, "figures": 1, "reproduction_report": 1, "all": 1}
+
+
+def snakemake(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Snakemake on the repository's Snakefile, with the working directory elsewhere."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake run or dry-run."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        name, _, count = line.strip().partition(" ")
+        if name == "total" or not count.strip().isdigit():
+            break
+        counts[name] = int(count)
+    return counts
+
+
+def expected_counts(config: dict) -> dict[str, int]:
+    """Jobs per rule before the maxbatch checkpoints have run (the throughput runs at the maximum
+    batch sizes are added to the DAG afterwards)."""
+    counts = {
+        "bench": sum(prod(len(s[k]) for k in ("models", "image_sizes", "batch_sizes", "algorithms"))
+                     for s in config["bench"]),
+        "maxbatch": sum(prod(len(s[k]) for k in ("models", "image_sizes", "algorithms")) for s in config["maxbatch"]),
+        "complexity": len({(m, i) for c in config["complexity"] for m, i in product(c["models"], c["image_sizes"])}),
+        "train": sum(len(r["algorithms"]) * len(r["epsilons"]) for r in config["train"]),
+    }
+    return {rule: n for rule, n in counts.items() if n} | AGGREGATES
+
+
+@pytest.mark.parametrize("name", ["default", "paper"])
+def test_dry_run_lists_every_job(name, tmp_path):
+    configfile = REPO / "config" / f"{name}.yaml"
+    run = snakemake("-n", "--configfile", str(configfile), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts == expected_counts(yaml.safe_load(configfile.read_text()))
+    if name == "paper":  # the paper's sweep, counted by hand
+        assert counts == {"bench": 230, "maxbatch": 98, "complexity": 11, "train": 8} | AGGREGATES
+    else:  # every algorithm, two or three batch sizes, every stage
+        config = yaml.safe_load(configfile.read_text())
+        algorithms = {a for s in config["bench"] for a in s["algorithms"]}
+        assert len(algorithms) == 9 and all(1 <= len(s["batch_sizes"]) <= 3 for s in config["bench"])
+
+
+def test_dry_run_of_the_slurm_profile(tmp_path):
+    """`--profile slurm` parses (YTE templating, plugin options) and sends GPU rules with gpu=1."""
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--configfile",
+                          "config/paper.yaml", "--directory", str(tmp_path)], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "DPBENCH_SLURM_PARTITION": "gpux"})
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    bench = re.search(r"rule bench:.*?resources: ([^\n]*)", output, re.S).group(1)
+    assert "slurm_partition=gpux" in bench and "gpu=1" in bench and "runtime=60" in bench
+
+
+def write_config(tmp_path: Path, change) -> Path:
+    config = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
+    change(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(bech=c.pop("bench")), "'bech' was unexpected"),
+    (lambda c: c["bench"][0]["algorithms"].append("mixed_gost"), "'mixed_gost' is not one of"),
+    (lambda c: c["bench"][0].update(batch_sizes=[0]), "0 is less than the minimum of 1"),
+    (lambda c: c["maxbatch"][0].update(memory_budget="lots"), "lots"),
+    (lambda c: c["train"][0]["options"].update(out="x.json"), "out"),
+    (lambda c: c.update(device="gpu"), "'gpu' does not match"),
+    (lambda c: c["maxbatch"][0].update(name=c["bench"][0]["name"]), "names must be unique"),
+])
+def test_bad_config_stops_before_any_job(change, message, tmp_path):
+    run = snakemake("-n", "--configfile", str(write_config(tmp_path, change)), cwd=tmp_path)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert message in output, output[-2000:]
+    assert "Job stats" not in output
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """The reduced pipeline run to completion in a fresh directory."""
+    work = tmp_path_factory.mktemp("pipeline")
+    run = snakemake("--cores", "2", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return work, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(pipeline_run):
+    work, output = pipeline_run
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
+    assert {rule: finished.count(rule) for rule in finished} == {"bench": 3, "maxbatch": 1, "complexity": 1,
+                                                                  "train": 1} | AGGREGATES
+    # the maxbatch checkpoint added the throughput run at the maximum batch size (16: the limit)
+    assert (work / "results/bench/tiny_budget/cnn/s16_b16/mixed_ghost.json").exists()
+    throughput = pd.read_csv(work / "results/tables/throughput_memory.csv")
+    assert sorted(throughput["algorithm"]) == ["mixed_ghost", "nonprivate"]
+    assert throughput.set_index("algorithm").loc["nonprivate", "throughput_vs_nonprivate"] == 1.0
+    maxbatch = pd.read_csv(work / "results/tables/maxbatch.csv")
+    assert maxbatch["max_batch_size"].tolist() == [16] and maxbatch["throughput_at_max_img_s"].notna().all()
+    accuracy = pd.read_csv(work / "results/tables/accuracy.csv")
+    assert accuracy["dataset"].tolist() == ["digits"] and 0 < accuracy["epsilon"][0] <= 8
+    for name in ["fig3_maxbatch_throughput", "fig4_memory_time_scatter", "layerwise_choice", "throughput_vs_batch",
+                 "accuracy_vs_epsilon"]:
+        png = work / "figures" / f"{name}.png"
+        pixels = matplotlib.image.imread(png)
+        assert png.stat().st_size > 10_000 and np.ptp(pixels[..., :3]) > 0.5, name
+        assert (work / "figures" / f"{name}.pdf").stat().st_size > 1000
+    assert "# Reproduction report" in (work / "paper/reproduction.md").read_text()
+    assert (work / "logs/bench/tiny/cnn/s16_b4/mixed_ghost.log").exists()
+    # results are the only state: a second run has nothing to do
+    again = snakemake("--cores", "2", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_html_report_has_figures_and_tables(pipeline_run):
+    work, _ = pipeline_run
+    run = snakemake("--configfile", str(REPO / ".test/config/pipeline.yaml"), "--report", "report.html", cwd=work)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    html = (work / "report.html").read_text(errors="replace")
+    for text in ["fig3_maxbatch_throughput.png", "throughput_memory.csv", "reproduction.md",
+                 "Figure 3 of the paper, remeasured"]:
+        assert text in html, text
