@@ -68,6 +68,15 @@ def test_noise_adds_to_existing_gradients():
     assert torch.equal(model.bias.grad, torch.zeros_like(model.bias))
 
 
+def test_nonprivate_adds_no_noise():
+    model = nn.Linear(3, 2)
+    engine = PrivacyEngine(model, "nonprivate", max_grad_norm=1.0, noise_multiplier=5.0)
+    engine.backward(model(torch.randn(4, 3)).sum(1))
+    before = model.weight.grad.clone()
+    engine.add_noise()
+    assert torch.equal(model.weight.grad, before)
+
+
 # ---- accumulation ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_two_half_batches_equal_one_whole_batch(algorithm):

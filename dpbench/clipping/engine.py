@@ -80,7 +80,10 @@ class PrivacyEngine:
             self.layer_report = self._backend.layer_report
 
     def add_noise(self) -> None:
-        """Add N(0, σ²R²) to every trainable parameter's gradient (creating zero gradients if absent)."""
+        """Add N(0, σ²R²) to every trainable parameter's gradient (creating zero gradients if absent).
+        A no-op for `nonprivate`, which is plain training: the speed and memory reference."""
+        if self.algorithm.backend == "plain":
+            return
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.parameters:
             if p.grad is None:
