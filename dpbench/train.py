@@ -271,7 +271,8 @@ def _noisy_update(engine: PrivacyEngine, optimizer: torch.optim.Optimizer, sched
     """End of a logical batch: noise once, divide by the expected batch size, step, clear gradients."""
     engine.add_noise()
     for p in engine.parameters:
-        p.grad.div_(expected_batch_size)
+        if p.grad is not None:  # None only without noise (nonprivate) after an empty logical batch
+            p.grad.div_(expected_batch_size)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()

@@ -66,7 +66,7 @@ def test_training_subset_sets_the_sampling_rate(tmp_path):
     assert result["steps"] == 4 and "subset of 512" in result["dataset_description"]
 
 
-def test_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
+def test_empty_poisson_batch_is_a_noise_only_or_skipped_step(tmp_path, monkeypatch):
     real_plan = train_module.epoch_plan
 
     def plan_with_an_empty_batch(*args):
@@ -74,8 +74,9 @@ def test_empty_poisson_batch_is_a_noise_only_step(tmp_path, monkeypatch):
         return plan[:1] + [torch.empty(0, dtype=torch.int64)] + plan[2:]
 
     monkeypatch.setattr(train_module, "epoch_plan", plan_with_an_empty_batch)
-    result = train(digits_config(tmp_path))
-    assert result["steps"] == steps_per_epoch(1437, 256)
+    for algorithm, sigma in [("mixed_ghost", 1.0), ("nonprivate", None)]:
+        result = train(digits_config(tmp_path / algorithm, algorithm=algorithm, noise_multiplier=sigma))
+        assert result["steps"] == steps_per_epoch(1437, 256)
 
 
 def test_poisson_batches_vary_in_size_and_can_be_empty():
