@@ -57,7 +57,7 @@ class TrainConfig:
     physical_batch_size: int = 64
     sampling: str = "poisson"
     optimizer: str = "sgd"
-    lr: float = 0.5
+    lr: float = 0.25
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "constant"
