@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import NullLocator, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
 from dpbench.report.style import CHOICE_COLOURS, algorithm_label, ordered_algorithms, palette  # noqa: E402
 from dpbench.report.tables import CONFIG_KEYS  # noqa: E402
@@ -97,6 +97,14 @@ def _ratio_lines(ax, slopes, lo, hi):
                     color="0.3", ha="center")
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log axes labelled 20, 50, 100, 200 ... instead of 2×10¹."""
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
 def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
     """Figure 4 scatter: DP vs non-private peak memory (lines 1.0× and 1.1×) and time per image
     (lines 1.5× and 2.0×), one point per configuration measured with both."""
@@ -123,6 +131,7 @@ def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
         _ratio_lines(ax, slopes, lo, hi)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi * 2.2)
         ax.set_xlabel(f"non-private {unit}")

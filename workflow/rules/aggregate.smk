@@ -1,16 +1,11 @@
 """Tables (pandas), figures (seaborn) and the paper-reproduction report, built from the result files.
 They take seconds and no GPU, so on a cluster they run where Snakemake runs, not as SLURM jobs."""
 
+
 localrules:
     tables,
     figures,
     reproduction_report,
-
-
-def table_reports():
-    """The CSV tables, each marked for `snakemake --report` with its caption in workflow/report/."""
-    return [report(table_path(name, "csv"), caption=f"../report/table_{name}.rst", category="Tables")
-            for name in table_names()]
 
 
 rule tables:
@@ -19,14 +14,16 @@ rule tables:
         maxbatch=maxbatch_files(),
         at_max=bench_at_max_files,
         train=train_files(),
-        complexity=complexity_files("csv"),
+        complexity=complexity_files(),
     output:
         table_reports(),
         table_files("md"),
     log:
         "logs/tables.log",
     params:
+        dpbench=DPBENCH,
         epoch_images=config["report"]["epoch_images"],
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
     threads: 1
     resources:
         runtime=stage_resources("aggregate")["runtime"],
@@ -34,21 +31,24 @@ rule tables:
     conda:
         CONDA_ENV
     shell:
-        "{DPBENCH} tables --bench {input.bench} --maxbatch {input.maxbatch} --bench-at-max {input.at_max}"
+        "{params.dpbench} tables --bench {input.bench} --maxbatch {input.maxbatch} --bench-at-max {input.at_max}"
         " --train {input.train} --complexity {input.complexity} --epoch-images {params.epoch_images}"
-        " --out-dir {TABLES} > {log} 2>&1"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule figures:
     input:
         table_files("csv"),
     output:
-        [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures") for f in figure_files("png")],
+        figure_reports(),
         figure_files("pdf"),
     log:
         "logs/figures.log",
     params:
+        dpbench=DPBENCH,
         tables=table_options(),
+        dp_algorithm=config["report"]["dp_algorithm"],
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
     threads: 1
     resources:
         runtime=stage_resources("aggregate")["runtime"],
@@ -56,8 +56,8 @@ rule figures:
     conda:
         CONDA_ENV
     shell:
-        "MPLBACKEND=Agg {DPBENCH} figures {params.tables} --dp-algorithm {config[report][dp_algorithm]}"
-        " --out-dir {FIGURES} > {log} 2>&1"
+        "MPLBACKEND=Agg {params.dpbench} figures {params.tables} --dp-algorithm {params.dp_algorithm}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule reproduction_report:
@@ -69,7 +69,9 @@ rule reproduction_report:
     log:
         "logs/reproduction_report.log",
     params:
+        dpbench=DPBENCH,
         tables=table_options(),
+        dp_algorithm=config["report"]["dp_algorithm"],
     threads: 1
     resources:
         runtime=stage_resources("aggregate")["runtime"],
@@ -77,5 +79,5 @@ rule reproduction_report:
     conda:
         CONDA_ENV
     shell:
-        "{DPBENCH} report --reported {input.reported} {params.tables}"
-        " --dp-algorithm {config[report][dp_algorithm]} --out {output} > {log} 2>&1"
+        "{params.dpbench} report --reported {input.reported} {params.tables}"
+        " --dp-algorithm {params.dp_algorithm} --out {output} > {log} 2>&1"

@@ -7,7 +7,8 @@ rule bench:
     log:
         "logs/bench/{sweep}/{model}/s{image_size}_b{batch_size}/{algorithm}.log",
     params:
-        sweep=lambda wc: SWEEPS[wc.sweep],
+        dpbench=DPBENCH,
+        options=bench_options,
     threads: config["threads"]
     resources:
         runtime=stage_resources("bench")["runtime"],
@@ -17,8 +18,5 @@ rule bench:
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {DPBENCH} bench --model {wildcards.model} --algorithm {wildcards.algorithm}"
-        " --image-size {wildcards.image_size} --batch-size {wildcards.batch_size}"
-        " --num-classes {params.sweep[num_classes]} --steps {params.sweep[steps]} --warmup {params.sweep[warmup]}"
-        " --device {config[device]} --dtype {config[dtype]} --seed {config[seed]} --threads {threads}"
-        " --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} bench {params.options}"
+        " --threads {threads} --out {output.json} > {log} 2>&1"

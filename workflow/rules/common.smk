@@ -34,7 +34,8 @@ TRAIN_RUNS = {r["name"]: r for r in config["train"]}
 # Result files: one per job, the only state of the workflow.
 BENCH = "results/bench/{sweep}/{model}/s{image_size}_b{batch_size}/{algorithm}.json"
 MAXBATCH = "results/maxbatch/{sweep}/{model}/s{image_size}/{algorithm}.json"
-COMPLEXITY = "results/complexity/{model}_s{image_size}"
+COMPLEXITY_CSV = "results/complexity/{model}_s{image_size}.csv"
+COMPLEXITY_MD = "results/complexity/{model}_s{image_size}.md"
 TRAIN = "results/train/{run}/{algorithm}_eps{epsilon}.json"
 TABLES = "results/tables"
 FIGURES = "figures"
@@ -130,9 +131,9 @@ def bench_at_max_files(wildcards):
     return files
 
 
-def complexity_files(ext):
+def complexity_files():
     return [
-        f"{COMPLEXITY.format(model=m, image_size=i)}.{ext}"
+        COMPLEXITY_CSV.format(model=m, image_size=i)
         for c in config["complexity"]
         for m, i in product(c["models"], c["image_sizes"])
     ]
@@ -146,15 +147,40 @@ def train_files():
     ]
 
 
-def train_options(run):
-    """The extra `dpbench train` options of a run, as command-line text."""
-    words = []
-    for key, value in TRAIN_RUNS[run]["options"].items():
+# ---------------------------------------------------------------- command-line options of the rules
+# (passed as params, so that a changed config value reruns the jobs it affects)
+
+
+def device_options():
+    return f"--device {config['device']} --seed {config['seed']}"
+
+
+def bench_options(wildcards):
+    sweep = SWEEPS[wildcards.sweep]
+    return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
+            f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']} --steps {sweep['steps']}"
+            f" --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
+
+
+def maxbatch_options(wildcards):
+    sweep = SWEEPS[wildcards.sweep]
+    budget = "" if sweep["memory_budget"] is None else f" --memory-budget {shlex.quote(str(sweep['memory_budget']))}"
+    return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
+            f" --num-classes {sweep['num_classes']}{budget} --start {sweep['start']} --limit {sweep['limit']}"
+            f" --tolerance {sweep['tolerance']} --dtype {config['dtype']} {device_options()}")
+
+
+def train_options(wildcards):
+    """The run's model, data and extra `dpbench train` options (true -> --flag, false -> --no-flag)."""
+    run = TRAIN_RUNS[wildcards.run]
+    words = ["--model", run["model"], "--dataset", run["dataset"], "--algorithm", wildcards.algorithm,
+             "--epsilon", wildcards.epsilon]
+    for key, value in run["options"].items():
         if isinstance(value, bool):
             words.append(f"--{key}" if value else f"--no-{key}")
         else:
-            words += [f"--{key}", shlex.quote(str(value))]
-    return " ".join(words)
+            words += [f"--{key}", str(value)]
+    return f"{shlex.join(words)} {device_options()}"
 
 
 # The tables, figures and the reproduction report that this config produces (a stage switched off
@@ -190,6 +216,17 @@ def table_names():
 def table_files(ext):
     names = table_names() if ext == "csv" else [n for n in table_names() if n != "complexity_layers"]
     return [table_path(n, ext) for n in names]
+
+
+def table_reports():
+    """The CSV tables, each marked for `snakemake --report` with its caption in workflow/report/."""
+    return [report(table_path(name, "csv"), caption=f"../report/table_{name}.rst", category="Tables")
+            for name in table_names()]
+
+
+def figure_reports():
+    """The PNG figures for `snakemake --report`, each with its caption in workflow/report/."""
+    return [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures") for f in figure_files("png")]
 
 
 def figure_files(ext):

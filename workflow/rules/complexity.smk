@@ -3,10 +3,12 @@
 
 rule complexity:
     output:
-        csv=COMPLEXITY + ".csv",
-        md=COMPLEXITY + ".md",
+        csv=COMPLEXITY_CSV,
+        md=COMPLEXITY_MD,
     log:
         "logs/complexity/{model}_s{image_size}.log",
+    params:
+        dpbench=DPBENCH,
     threads: 1
     resources:
         runtime=stage_resources("complexity")["runtime"],
@@ -14,5 +16,5 @@ rule complexity:
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} {DPBENCH} complexity --model {wildcards.model} --image-size {wildcards.image_size}"
-        " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.dpbench} complexity --model {wildcards.model}"
+        " --image-size {wildcards.image_size} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -7,9 +7,8 @@ rule train:
     log:
         "logs/train/{run}/{algorithm}_eps{epsilon}.log",
     params:
-        model=lambda wc: TRAIN_RUNS[wc.run]["model"],
-        dataset=lambda wc: TRAIN_RUNS[wc.run]["dataset"],
-        options=lambda wc: train_options(wc.run),
+        dpbench=DPBENCH,
+        options=train_options,
         checkpoint=train_checkpoint,
     threads: config["threads"]
     resources:
@@ -20,7 +19,5 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {DPBENCH} train --model {params.model}"
-        " --dataset {params.dataset} --algorithm {wildcards.algorithm} --epsilon {wildcards.epsilon}"
-        " {params.options} --device {config[device]} --seed {config[seed]} --threads {threads}"
-        " --checkpoint {params.checkpoint} --resume --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} train {params.options}"
+        " --threads {threads} --checkpoint {params.checkpoint} --resume --out {output.json} > {log} 2>&1"
