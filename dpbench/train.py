@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from dpbench.accounting import ACCOUNTANTS, PrivacyLedger, noise_multiplier_for
 from dpbench.clipping import ALGORITHMS, PrivacyEngine
 from dpbench.errors import DpbenchError
 from dpbench.results import environment, write_json_atomic
@@ -34,8 +35,9 @@ from dpbench.sampling import SAMPLING_METHODS, epoch_plan, physical_batches, ste
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16")
-ACCOUNTANTS = ("prv", "rdp")
 CHECKPOINT_VERSION = 1
+EPS_REFRESH_FACTOR = 20
+"""The progress bar's ε (a PRV evaluation can take seconds) is refreshed after 20x its cost, and per epoch."""
 # Settings that may change between a run and its resumption; every other field must match.
 RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress"}
 
@@ -84,7 +86,7 @@ class TrainConfig:
         for name, allowed in [("accountant", ACCOUNTANTS), ("sampling", SAMPLING_METHODS),
                               ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)]:
             _choice(name, getattr(self, name), allowed)
-        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size", "train_size"]:
+        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size", "train_size", "threads"]:
             if getattr(self, name) is not None and not getattr(self, name) >= 1:
                 raise DpbenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ["lr", "max_grad_norm"]:
@@ -106,7 +108,7 @@ class TrainConfig:
             raise DpbenchError(f"--epsilon must be > 0, got {self.epsilon}")
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
             raise DpbenchError(f"--noise-multiplier must be > 0, got {self.noise_multiplier}")
-        from dpbench.models import default_image_size
+        from dpbench.models import default_image_size  # imports timm: only when a run is configured
 
         default_image_size(self.model)  # an unknown model fails here, before any data is loaded
         if self.precision == "bf16" and resolve_device(self.device).type != "cuda":
@@ -311,7 +313,6 @@ def train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = Non
 def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> dict:
     from tqdm import tqdm
 
-    from dpbench.accounting import PrivacyLedger, noise_multiplier_for
     from dpbench.models import create_model
 
     device = resolve_device(config.device)
@@ -359,7 +360,9 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     def spent() -> float:
         return ledger.epsilon() if ledger is not None else math.inf
 
+    eps_refreshed = time.perf_counter()
     eps_shown = spent()
+    eps_cost = time.perf_counter() - eps_refreshed
     model.train()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
@@ -379,8 +382,10 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
             steps += 1
             if ledger is not None:
                 ledger.step()
-            if position == len(plan) - 1:  # ε costs up to a second or two: refreshed once per epoch
+            if position == len(plan) - 1 or time.perf_counter() - eps_refreshed > EPS_REFRESH_FACTOR * eps_cost:
+                eps_refreshed = time.perf_counter()
                 eps_shown = spent()
+                eps_cost = time.perf_counter() - eps_refreshed
             bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}")
         bar.close()
         test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, device, autocast)
