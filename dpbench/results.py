@@ -60,32 +60,25 @@ def environment(device: str | torch.device = "cpu", dtype: str | torch.dtype | N
     }
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write obj as JSON to path through a temporary file in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text to path through a temporary file in the same directory, then rename."""
+    """Write text to path through a temporary file in the same directory, then rename; the file gets
+    the usual permissions (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write obj as indented JSON to path atomically (see write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")

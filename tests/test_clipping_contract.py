@@ -100,8 +100,12 @@ def test_batchnorm_is_refused_with_the_module_name_and_the_fix():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.BatchNorm2d(4)))
     with pytest.raises(DpbenchError, match=r"'1\.0' is BatchNorm2d.*replace_batchnorm"):
         PrivacyEngine(model, "mixed_ghost")
+    with torch.no_grad():
+        model[1][0].weight.uniform_()
+    scale = model[1][0].weight.clone()
     replace_batchnorm(model)
     assert isinstance(model[1][0], nn.GroupNorm) and model[1][0].num_channels == 4
+    assert torch.equal(model[1][0].weight, scale)
     PrivacyEngine(model, "mixed_ghost").detach()
     PrivacyEngine(nn.Sequential(nn.BatchNorm1d(3)), "nonprivate")  # non-private training may keep it
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from dpbench.errors import DpbenchError
@@ -13,20 +14,24 @@ def group_count(channels: int, max_groups: int = 32) -> int:
 
 
 def replace_batchnorm(model: nn.Module, max_groups: int = 32) -> nn.Module:
-    """Replace every BatchNorm layer by a GroupNorm over the same channels (in place; returns model)."""
+    """Replace every BatchNorm layer by a GroupNorm over the same channels (in place; returns model).
+    The learned scale and shift carry over (a pretrained model keeps them); running statistics,
+    which GroupNorm does not use, are dropped."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             c = child.num_features
-            setattr(model, name, nn.GroupNorm(group_count(c, max_groups), c, eps=child.eps,
-                                              affine=child.affine).to(_device_of(child)))
+            norm = nn.GroupNorm(group_count(c, max_groups), c, eps=child.eps, affine=child.affine)
+            if child.affine:
+                norm = norm.to(child.weight.device, child.weight.dtype)
+                with torch.no_grad():
+                    norm.weight.copy_(child.weight)
+                    norm.bias.copy_(child.bias)
+                norm.weight.requires_grad_(child.weight.requires_grad)
+                norm.bias.requires_grad_(child.bias.requires_grad)
+            setattr(model, name, norm)
         else:
             replace_batchnorm(child, max_groups)
     return model
-
-
-def _device_of(module: nn.Module):
-    tensors = list(module.parameters()) + list(module.buffers())
-    return tensors[0].device if tensors else "cpu"
 
 
 def refuse_batchnorm(model: nn.Module) -> None:
