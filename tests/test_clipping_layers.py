@@ -315,3 +315,24 @@ def test_norms_computed_in_batch_chunks_are_exact(monkeypatch):
     run_all(model, torch.randn(5, 3, 6, 6))
     run_all(Reused(), torch.randint(0, 5, (4, 4)))
     run_all(TokenModel(), torch.randn(3, 3, 4))
+
+
+class TinyTransformer(nn.Module):
+    """torch's own TransformerEncoder: MultiheadAttention uses out_proj.weight in its own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, idx):
+        return self.head(self.enc(self.emb(idx)).mean(1))
+
+
+def test_torch_transformer_encoder_is_exact():
+    torch.manual_seed(0)
+    engines = run_all(TinyTransformer(), torch.randint(0, 11, (3, 5)))
+    rules = {r["name"]: r["rule"] for r in engines[0].layer_report}
+    assert rules["enc.layers.0.self_attn"] == "GenericRule" and rules["emb"] == "EmbeddingRule"

@@ -6,6 +6,7 @@ in forward and the output gradients seen in backward."""
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -78,7 +79,8 @@ class GenericRule(LayerRule):
         try:
             replay_autocast = (torch.autocast(call.autocast[0], dtype=call.autocast[1]) if call.autocast
                                else nullcontext())
-            with torch.no_grad(), _zero_rate_dropouts_off(module), replay_autocast:
+            with torch.no_grad(), _zero_rate_dropouts_off(module), replay_autocast, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
                 return vmap(per_sample, randomness="error")(tuple(leaves[i] for i in batched), tuple(grads))
         except RuntimeError as err:
             if "randomness" in str(err):
