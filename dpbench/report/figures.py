@@ -138,7 +138,7 @@ def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
         ax.set_ylabel(f"{label} {unit}")
         ax.set_title(f"{title}: {label} vs non-private (lines: {slopes[0]:g}× and {slopes[1]:g}×)")
     left.get_legend().remove()
-    sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), title="configuration / batch", frameon=False)
+    sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), title=None, frameon=False)
     fig.suptitle(f"Figure 4: DP ({label}) vs non-private training ({_devices(pairs)})")
     fig.tight_layout()
     return fig
