@@ -8,8 +8,12 @@ the command, the date, the machine and the load average seen around each run.
 
     .venv/bin/python scripts/cpu_reference_bench.py            # cnn, resnet18, vgg11; batch 32 and 128
 
-Timings on a shared machine are noisy: read the ratios, not the absolute numbers, and compare runs made
-on the same machine in the same state.
+Throughput is reported two ways: by wall-clock time (what `dpbench bench` calls throughput) and by the
+CPU time of the measuring process. With one torch thread (the default here) the CPU time of a step is
+what its wall time would be on an otherwise idle core, so its ratios survive other jobs on a shared
+machine; wall-clock ratios do not (with two threads on a busy two-core machine, OpenMP threads wait for
+each other and one run can be 3x slower than the next). On an idle machine both agree; `cpu_share`
+(CPU time ÷ wall time × threads) says how close each run came to that.
 """
 
 from __future__ import annotations
@@ -53,9 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; see above)")
     p.add_argument("--rounds", type=int, default=1, help="passes over the algorithms per configuration")
     p.add_argument("--skip", nargs="*", default=[], metavar="ALGORITHM:MODEL:BATCH=REASON",
                    help="configurations not to run, recorded as skipped with the reason")
@@ -90,8 +94,10 @@ def run_one(args, algorithm: str, model: str, batch: int, out: Path) -> dict:
     result = json.loads(out.read_text())
     if result["oom"]:
         return {**row, "status": "oom", "note": result["error"]}
-    cpu_share = result["step_cpu_time_s"]["median"] / (result["step_time_s"]["median"] * args.threads)
+    cpu_time = result["step_cpu_time_s"]["median"]
+    cpu_share = cpu_time / (result["step_time_s"]["median"] * args.threads)
     return {**row, "status": "ok", "step_time_s": result["step_time_s"]["median"], "cpu_share": cpu_share,
+            "step_cpu_time_s": cpu_time, "cpu_throughput_img_s": batch / cpu_time,
             "throughput_img_s": result["throughput_img_s"]["median"], "peak_memory_bytes": result["peak_memory_bytes"],
             "memory_method": result["memory_method"]}
 
@@ -130,6 +136,7 @@ def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
                 stats[algorithm] = {"status": "ok", "rounds": len(ok),
                                     "step_time_s": statistics.median(ok["step_time_s"]),
                                     "throughput_img_s": statistics.median(ok["throughput_img_s"]),
+                                    "cpu_throughput_img_s": statistics.median(ok["cpu_throughput_img_s"]),
                                     "peak_memory_bytes": int(statistics.median(ok["peak_memory_bytes"])),
                                     "cpu_share": statistics.median(ok["cpu_share"])}
             elif len(runs):
@@ -141,79 +148,85 @@ def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
             row = {"model": model, "batch_size": batch, "algorithm": algorithm, **s}
             if s["status"] == "ok" and base.get("status") == "ok":
                 row["throughput_ratio"] = s["throughput_img_s"] / base["throughput_img_s"]
+                row["cpu_throughput_ratio"] = s["cpu_throughput_img_s"] / base["cpu_throughput_img_s"]
                 row["memory_ratio"] = s["peak_memory_bytes"] / base["peak_memory_bytes"]
             out.append(row)
     return pd.DataFrame(out)
 
 
-def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, started: datetime, env: dict) -> str:
-    cell = {}
+def pivot(summary: pd.DataFrame, algorithms: list[str], cell) -> pd.DataFrame:
+    """One row per (model, batch), one column per algorithm, `cell(row)` or the run's status."""
+    rows = {}
     for _, r in summary.iterrows():
-        key = (r["model"], r["batch_size"])
-        if r["status"] == "ok" and not pd.isna(r.get("throughput_ratio")):
-            text = f"{r['throughput_ratio']:.2f} / {r['memory_ratio']:.2f}"
-        else:
-            text = r["status"]
-        cell.setdefault(key, {})[r["algorithm"]] = text
-    table = pd.DataFrame([{"model": m, "batch": b, **cells} for (m, b), cells in cell.items()])
-    absolute = summary[summary["status"] == "ok"].pivot_table(
-        index=["model", "batch_size"], columns="algorithm", values="throughput_img_s", sort=False)
-    absolute = absolute[[a for a in args.algorithms if a in absolute.columns]].round(1).reset_index()
-    memory = summary[summary["status"] == "ok"].pivot_table(
-        index=["model", "batch_size"], columns="algorithm", values="peak_memory_bytes", sort=False)
-    memory = (memory[[a for a in args.algorithms if a in memory.columns]] / 2**20).round(0).reset_index()
-    lines = [
+        entry = rows.setdefault((r["model"], r["batch_size"]), {"model": r["model"], "batch": r["batch_size"]})
+        entry[r["algorithm"]] = cell(r) if r["status"] == "ok" else r["status"]
+    return pd.DataFrame(list(rows.values())).reindex(columns=["model", "batch", *algorithms])
+
+
+def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, started: datetime, env: dict) -> str:
+    algorithms = args.algorithms
+    ratios = pivot(summary, algorithms, lambda r: f"{r['cpu_throughput_ratio']:.2f} / {r['memory_ratio']:.2f}")
+    wall = pivot(summary, algorithms, lambda r: f"{r['throughput_ratio']:.2f}")
+    cpu_abs = pivot(summary, algorithms, lambda r: f"{r['cpu_throughput_img_s']:.1f}")
+    wall_abs = pivot(summary, algorithms, lambda r: f"{r['throughput_img_s']:.1f}")
+    memory = pivot(summary, algorithms, lambda r: f"{r['peak_memory_bytes'] / 2**20:.0f}")
+    return "\n".join([
         "# CPU reference: every algorithm against non-private training",
         "",
         f"Measured {started:%Y-%m-%d %H:%M} UTC on {env['device_name']} ({os.cpu_count()} cores, "
-        f"{args.threads} torch threads), torch {env['torch']}, opacus {env['opacus']}, dpbench commit "
+        f"{args.threads} torch thread(s) per run), torch {env['torch']}, opacus {env['opacus']}, dpbench commit "
         f"`{env['git_commit']}`. Input {args.image_size}×{args.image_size}, {args.num_classes} classes, float32; "
         f"{args.warmup} warm-up + {args.steps} timed full training steps per run (forward, engine backward, noise, "
-        f"SGD step), each run in a fresh process; {args.rounds} round(s), algorithms alternating.",
-        "",
-        "Command:",
+        f"SGD step) with `dpbench bench`, each run in a fresh process; {args.rounds} round(s), algorithms "
+        "alternating. Command:",
         "",
         f"    {command}",
         "",
-        "## Ratios to nonprivate: throughput / peak memory",
+        "## Ratios to nonprivate: throughput (CPU time) / peak memory",
         "",
-        "Throughput ratio = median images/s ÷ nonprivate's; memory ratio = peak memory of the step ÷ nonprivate's "
-        "(CPU: peak RSS of the fresh process minus its baseline after imports, so the model, gradients and "
-        "activations are included).",
+        "Throughput ratio = median images per CPU-second of the step ÷ nonprivate's (with one thread, the "
+        "throughput the run would have on an idle core; see the wall-clock ratios below). Memory ratio = peak "
+        "memory of the step ÷ nonprivate's (CPU: peak RSS of the fresh process minus its baseline after the "
+        "imports, so the model, its gradients and the activations are included).",
         "",
-        table.to_markdown(index=False),
+        ratios.to_markdown(index=False),
         "",
         "## Targets (issue 4; for later optimisation work, not asserted)",
         "",
         *target_lines(summary),
         "",
-        "## Median throughput (images/s)",
+        "## Throughput ratios by wall-clock time",
         "",
-        absolute.to_markdown(index=False),
+        wall.to_markdown(index=False),
+        "",
+        f"Load average (1 min) seen before the runs: min {raw['load_before'].min():.1f}, median "
+        f"{raw['load_before'].median():.1f}, max {raw['load_before'].max():.1f} on {os.cpu_count()} cores. "
+        "CPU share of the timed steps (process CPU time ÷ (wall time × threads); 1 = the run had its cores to "
+        f"itself): min {raw['cpu_share'].min():.2f}, median {raw['cpu_share'].median():.2f}, max "
+        f"{raw['cpu_share'].max():.2f}.",
+        "",
+        "## Median throughput (images per CPU-second / per wall-second)",
+        "",
+        cpu_abs.to_markdown(index=False),
+        "",
+        wall_abs.to_markdown(index=False),
         "",
         "## Peak memory (MiB, peak RSS − baseline)",
         "",
         memory.to_markdown(index=False),
         "",
-        f"Load average (1 min) seen before the runs: min {raw['load_before'].min():.1f}, median "
-        f"{raw['load_before'].median():.1f}, max {raw['load_before'].max():.1f} on {os.cpu_count()} cores; other "
-        "work on the machine slows some runs more than others, which adds noise to the ratios. CPU share of "
-        "the timed steps (process CPU time ÷ (wall time × threads); 1 = the run had its cores to itself, "
-        f"though OpenMP threads that spin while waiting count as busy): min {raw['cpu_share'].min():.2f}, "
-        f"median {raw['cpu_share'].median():.2f}. "
         f"The same numbers per algorithm: `{args.out_csv.name}` beside this file.",
         "",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def target_lines(summary: pd.DataFrame) -> list[str]:
     lines = []
     for (model, batch), group in summary.groupby(["model", "batch_size"], sort=False):
         ok = group[group["status"] == "ok"].set_index("algorithm")
-        record = {"throughput_ratio": ok["throughput_ratio"].dropna().to_dict() if "throughput_ratio" in ok else {},
-                  "memory_ratio": ok["memory_ratio"].dropna().to_dict() if "memory_ratio" in ok else {},
-                  "throughput": ok["throughput_img_s"].to_dict()}
+        record = {"throughput_ratio": ok["cpu_throughput_ratio"].dropna().to_dict(),
+                  "memory_ratio": ok["memory_ratio"].dropna().to_dict(),
+                  "throughput": ok["cpu_throughput_img_s"].to_dict()}
         parts = []
         for name, get, bound, op in TARGETS:
             value = get(record)
@@ -236,7 +249,8 @@ def main(argv=None) -> int:
     env = environment("cpu", "float32", 0)
     env["threads"] = args.threads
     columns = ["model", "batch_size", "algorithm", "status", "rounds", "step_time_s", "throughput_img_s",
-               "peak_memory_bytes", "throughput_ratio", "memory_ratio", "cpu_share", "note"]
+               "cpu_throughput_img_s", "peak_memory_bytes", "cpu_throughput_ratio", "throughput_ratio",
+               "memory_ratio", "cpu_share", "note"]
     summary = summary.reindex(columns=columns)
     summary["date"] = f"{started:%Y-%m-%d}"
     summary["command"] = command.strip()

@@ -8,6 +8,7 @@ is counted as not fitting instead of swapping or waking the kernel's OOM killer.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from dpbench.measure.child import CPU_METHOD
 from dpbench.measure.config import BenchConfig
 
 POLL_SECONDS = 0.05
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class MeasurementFailed(Exception):
@@ -57,8 +59,13 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
         if not record_environment:
             command.append("--no-environment")
         with open(log_path, "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            killed, peak_seen, baseline = _guard(process, status_path, cpu_memory_budget)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            try:
+                killed, peak_seen, baseline = _guard(process, status_path, cpu_memory_budget)
+            finally:
+                if process.poll() is None:  # interrupted: never leave a measuring process behind
+                    process.kill()
+                    process.wait()
         log_text = log_path.read_text(errors="replace")
         if killed is None and process.returncode == -signal.SIGKILL:
             killed = "killed by SIGKILL (the kernel's out-of-memory killer?)"
@@ -72,6 +79,15 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
             last = next((line for line in reversed(log_text.strip().splitlines()) if line.strip()), "")
             raise MeasurementFailed(f"measuring process exited with {process.returncode}: {last}", log_text)
         return json.loads(result_path.read_text())
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGKILL when the parent dies, e.g. when a job is cancelled."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # without prctl the try/finally around the guard still cleans up on exceptions
 
 
 def _guard(process: subprocess.Popen, status_path: Path, budget: int | None):
