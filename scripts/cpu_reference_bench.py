@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "cpu_reference")
     p.add_argument("--out-csv", type=Path, default=ROOT / "paper" / "cpu_reference.csv")
     p.add_argument("--out-md", type=Path, default=ROOT / "paper" / "cpu_reference.md")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: rebuild the CSV and Markdown from the runs in --results-dir")
     return p.parse_args(argv)
 
 
@@ -163,7 +165,8 @@ def pivot(summary: pd.DataFrame, algorithms: list[str], cell) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values())).reindex(columns=["model", "batch", *algorithms])
 
 
-def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, started: datetime, env: dict) -> str:
+def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, started: datetime, env: dict,
+             run_commits: str) -> str:
     algorithms = args.algorithms
     ratios = pivot(summary, algorithms, lambda r: f"{r['cpu_throughput_ratio']:.2f} / {r['memory_ratio']:.2f}")
     wall = pivot(summary, algorithms, lambda r: f"{r['throughput_ratio']:.2f}")
@@ -174,8 +177,8 @@ def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, start
         "# CPU reference: every algorithm against non-private training",
         "",
         f"Measured {started:%Y-%m-%d %H:%M} UTC on {env['device_name']} ({os.cpu_count()} cores, "
-        f"{args.threads} torch thread(s) per run), torch {env['torch']}, opacus {env['opacus']}, dpbench commit "
-        f"`{env['git_commit']}`. Input {args.image_size}×{args.image_size}, {args.num_classes} classes, float32; "
+        f"{args.threads} torch thread(s) per run), torch {env['torch']}, opacus {env['opacus']}; dpbench at "
+        f"{run_commits}. Input {args.image_size}×{args.image_size}, {args.num_classes} classes, float32; "
         f"{args.warmup} warm-up + {args.steps} timed full training steps per run (forward, engine backward, noise, "
         f"SGD step) with `dpbench bench`, each run in a fresh process; {args.rounds} round(s), algorithms "
         "alternating. Command:",
@@ -238,25 +241,43 @@ def target_lines(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def commits(raw: pd.DataFrame) -> str:
+    """The dpbench commits the runs were measured at, from their result files."""
+    counts: dict[str, int] = {}
+    for path in raw["json"].dropna():
+        path = Path(path) if Path(path).is_absolute() else ROOT / path
+        if path.exists():
+            commit = json.loads(path.read_text())["environment"]["git_commit"]
+            counts[commit] = counts.get(commit, 0) + 1
+    return ", ".join(f"`{c[:12]}{'-dirty' if c.endswith('-dirty') else ''}` ({n} runs)" for c, n in counts.items())
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = ".venv/bin/python scripts/cpu_reference_bench.py " + \
-        " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    started = datetime.now(timezone.utc)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    raw = measure(args)
+    info_path, runs_path = args.results_dir / "run_info.json", args.results_dir / "runs.csv"
+    if args.report_only:
+        info = json.loads(info_path.read_text())
+        raw = pd.read_csv(runs_path)
+    else:
+        info = {"command": ".venv/bin/python scripts/cpu_reference_bench.py " +
+                " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+                "started": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+                "environment": {**environment("cpu", "float32", 0), "threads": args.threads}}
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        info_path.write_text(json.dumps(info, indent=1))
+        raw = measure(args)
+        raw.to_csv(runs_path, index=False)
     summary = summarise(raw, args.algorithms)
-    env = environment("cpu", "float32", 0)
-    env["threads"] = args.threads
     columns = ["model", "batch_size", "algorithm", "status", "rounds", "step_time_s", "throughput_img_s",
                "cpu_throughput_img_s", "peak_memory_bytes", "cpu_throughput_ratio", "throughput_ratio",
                "memory_ratio", "cpu_share", "note"]
     summary = summary.reindex(columns=columns)
+    started = datetime.fromisoformat(info["started"])
     summary["date"] = f"{started:%Y-%m-%d}"
-    summary["command"] = command.strip()
+    summary["command"] = info["command"].strip()
     write_text_atomic(args.out_csv, summary.to_csv(index=False))
-    write_text_atomic(args.out_md, markdown(summary, raw, args, command.strip(), started, env))
-    raw.to_csv(args.results_dir / "runs.csv", index=False)
+    write_text_atomic(args.out_md, markdown(summary, raw, args, info["command"].strip(), started,
+                                            info["environment"], commits(raw)))
     print(f"wrote {args.out_csv} and {args.out_md}")
     return 0
 
