@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; see above)")
-    p.add_argument("--rounds", type=int, default=1, help="passes over the algorithms per configuration")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the algorithms per configuration (default 2)")
     p.add_argument("--skip", nargs="*", default=[], metavar="ALGORITHM:MODEL:BATCH=REASON",
                    help="configurations not to run, recorded as skipped with the reason")
     p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "cpu_reference")
@@ -145,15 +145,26 @@ def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
                 first = runs.iloc[0]
                 stats[algorithm] = {"status": first["status"], "rounds": 0,
                                     "note": first.get("note") if isinstance(first.get("note"), str) else None}
-        base = stats.get("nonprivate", {})
         for algorithm, s in stats.items():
             row = {"model": model, "batch_size": batch, "algorithm": algorithm, **s}
-            if s["status"] == "ok" and base.get("status") == "ok":
-                row["throughput_ratio"] = s["throughput_img_s"] / base["throughput_img_s"]
-                row["cpu_throughput_ratio"] = s["cpu_throughput_img_s"] / base["cpu_throughput_img_s"]
-                row["memory_ratio"] = s["peak_memory_bytes"] / base["peak_memory_bytes"]
+            if s["status"] == "ok" and stats.get("nonprivate", {}).get("status") == "ok":
+                row.update(_round_ratios(group, algorithm))
             out.append(row)
     return pd.DataFrame(out)
+
+
+def _round_ratios(group: pd.DataFrame, algorithm: str) -> dict:
+    """Ratios to the nonprivate run of the same round; median over rounds, and their range."""
+    ok = group[group["status"] == "ok"].set_index(["round", "algorithm"])
+    out = {}
+    for name, column in (("throughput_ratio", "throughput_img_s"), ("cpu_throughput_ratio", "cpu_throughput_img_s"),
+                         ("memory_ratio", "peak_memory_bytes")):
+        per_round = [ok.loc[(r, algorithm), column] / ok.loc[(r, "nonprivate"), column]
+                     for r in sorted(group["round"].dropna().unique())
+                     if (r, algorithm) in ok.index and (r, "nonprivate") in ok.index]
+        out[name] = statistics.median(per_round)
+        out[f"{name}_min"], out[f"{name}_max"] = min(per_round), max(per_round)
+    return out
 
 
 def pivot(summary: pd.DataFrame, algorithms: list[str], cell) -> pd.DataFrame:
@@ -165,11 +176,19 @@ def pivot(summary: pd.DataFrame, algorithms: list[str], cell) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values())).reindex(columns=["model", "batch", *algorithms])
 
 
+def _with_range(row, name: str) -> str:
+    """'0.52' for one round, '0.52 (0.48–0.56)' for several."""
+    text = f"{row[name]:.2f}"
+    if row["rounds"] > 1:
+        text += f" ({row[name + '_min']:.2f}–{row[name + '_max']:.2f})"
+    return text
+
+
 def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, started: datetime, env: dict,
              run_commits: str) -> str:
     algorithms = args.algorithms
-    ratios = pivot(summary, algorithms, lambda r: f"{r['cpu_throughput_ratio']:.2f} / {r['memory_ratio']:.2f}")
-    wall = pivot(summary, algorithms, lambda r: f"{r['throughput_ratio']:.2f}")
+    ratios = pivot(summary, algorithms, lambda r: f"{_with_range(r, 'cpu_throughput_ratio')} / {_with_range(r, 'memory_ratio')}")
+    wall = pivot(summary, algorithms, lambda r: _with_range(r, "throughput_ratio"))
     cpu_abs = pivot(summary, algorithms, lambda r: f"{r['cpu_throughput_img_s']:.1f}")
     wall_abs = pivot(summary, algorithms, lambda r: f"{r['throughput_img_s']:.1f}")
     memory = pivot(summary, algorithms, lambda r: f"{r['peak_memory_bytes'] / 2**20:.0f}")
@@ -186,6 +205,9 @@ def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, start
         f"    {command}",
         "",
         "## Ratios to nonprivate: throughput (CPU time) / peak memory",
+        "",
+        "Each ratio compares a run with the nonprivate run of the same round; the median over rounds is shown, "
+        "with the range over rounds in parentheses when there are several.",
         "",
         "Throughput ratio = median images per CPU-second of the step ÷ nonprivate's (with one thread, the "
         "throughput the run would have on an idle core; see the wall-clock ratios below). Memory ratio = peak "
@@ -269,8 +291,9 @@ def main(argv=None) -> int:
         raw.to_csv(runs_path, index=False)
     summary = summarise(raw, args.algorithms)
     columns = ["model", "batch_size", "algorithm", "status", "rounds", "step_time_s", "throughput_img_s",
-               "cpu_throughput_img_s", "peak_memory_bytes", "cpu_throughput_ratio", "throughput_ratio",
-               "memory_ratio", "cpu_share", "note"]
+               "cpu_throughput_img_s", "peak_memory_bytes", "cpu_throughput_ratio", "cpu_throughput_ratio_min",
+               "cpu_throughput_ratio_max", "throughput_ratio", "throughput_ratio_min", "throughput_ratio_max",
+               "memory_ratio", "memory_ratio_min", "memory_ratio_max", "cpu_share", "note"]
     summary = summary.reindex(columns=columns)
     started = datetime.fromisoformat(info["started"])
     summary["date"] = f"{started:%Y-%m-%d}"
