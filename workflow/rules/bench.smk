@@ -14,7 +14,7 @@ rule bench:
         runtime=stage_resources("bench")["runtime"],
         mem_mb=stage_resources("bench")["mem_mb"],
         gpu=GPUS,
-        device_slot=1,
+        device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:

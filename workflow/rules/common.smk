@@ -67,10 +67,12 @@ DPBENCH = dpbench_command()
 CONDA_ENV = "../../envs/dpbench.yaml"
 GPUS = (1 if config["device"].startswith("cuda") else 0) if config["gpus_per_job"] == "auto" else config["gpus_per_job"]
 
-# Local runs take one `device_slot` per measuring job and profiles/default offers one, so that no two
-# timing jobs share a GPU (or the CPU cores) at the same time. A cluster executor (SLURM: --jobs N,
-# which Snakemake itself takes as the sign of cluster submission) gives every job its own
-# allocation, so the limit is lifted there.
+# One GPU, one measuring job: on CUDA every measuring/training job takes a `device_slot`, of which
+# profiles/default offers one per machine, so that two timing jobs never share the GPU. On the CPU
+# the cores are the device: a job takes `threads` cores and Snakemake never oversubscribes --cores
+# (threads = cores gives every timing job the whole CPU). A cluster executor (SLURM: --jobs N,
+# Snakemake's own sign of cluster submission) gives every job its own allocation: no limit there.
+DEVICE_SLOTS = 1 if config["device"].startswith("cuda") else 0
 if workflow.nodes is not None:
     workflow.global_resources["device_slot"] = None
 

@@ -15,7 +15,7 @@ checkpoint maxbatch:
         runtime=stage_resources("maxbatch")["runtime"],
         mem_mb=stage_resources("maxbatch")["mem_mb"],
         gpu=GPUS,
-        device_slot=1,
+        device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:

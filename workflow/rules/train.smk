@@ -15,7 +15,7 @@ rule train:
         runtime=stage_resources("train")["runtime"],
         mem_mb=stage_resources("train")["mem_mb"],
         gpu=GPUS,
-        device_slot=1,
+        device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:
