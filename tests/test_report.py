@@ -18,6 +18,7 @@ import yaml
 from dpbench.cli import main
 from dpbench.results import environment
 from dpbench.report import figures
+from dpbench.report.load import device_label
 from dpbench.report.style import ALGORITHM_COLOURS, ALGORITHM_LABELS, ALGORITHM_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +185,7 @@ def test_reproduction_report(tables, tmp_path):
     for section in ["## Headline claims", "## Table 4", "## Figure 3", "## Figure 4", "## Layerwise choice",
                     "## Book-keeping follow-up", "## Accuracy"]:
         assert section in text
-    assert f"- This run: {ENV['device_name']} CPU, {ENV['threads']} threads" in text
+    assert f"- This run: {device_label(ENV)}\n" in text
     # Table 4 row of the CNN: the paper's 11 s vs our 50000 / 1000 img/s = 50 s at batch 32; slowdowns side by side
     cnn_ghost = next(line for line in text.splitlines() if line.startswith("| cnn") and "| Ghost " in line)
     cells = [c.strip() for c in cnn_ghost.strip("|").split("|")]

@@ -219,6 +219,8 @@ def accuracy_vs_epsilon(accuracy: pd.DataFrame) -> plt.Figure:
     data["Run"] = data["model"] + " on " + data["dataset"].astype(str)
     sns.lineplot(data=data, x="target_epsilon", y="accuracy_pct", hue="Algorithm", hue_order=hue_order,
                  palette=colours, style="Run", markers=True, markersize=8, errorbar=None, ax=ax)
+    low, high = data["accuracy_pct"].min(), data["accuracy_pct"].max()
+    ax.set_ylim(max(0.0, min(low - 2, high - 10)), min(100.0, high + 2))  # a 10-point window at least
     ax.set_xlabel("target ε (δ as in the run)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy of DP training vs ε ({_devices(data)})")

@@ -31,7 +31,8 @@ def device_label(environment: dict) -> str:
     name = environment.get("device_name") or "?"
     if device.startswith("cuda"):
         return f"{name} ({device})"
-    return f"{name} CPU, {environment.get('threads', '?')} threads"
+    threads = environment.get("threads", "?")
+    return f"{name} CPU, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def _stat(block: dict | None, key: str) -> float | None:
