@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -39,10 +40,9 @@ def environment(device: str | torch.device = "cpu", dtype: str | torch.dtype | N
     """Everything a result needs to be reproduced: versions, commit, device, dtype, seed."""
     import dpbench
 
-    try:
-        import opacus
-        opacus_version = opacus.__version__
-    except ImportError:  # opacus is optional on some GPU nodes
+    try:  # the installed distribution's version: importing opacus would cost seconds
+        opacus_version = importlib.metadata.version("opacus")
+    except importlib.metadata.PackageNotFoundError:  # opacus is optional on some GPU nodes
         opacus_version = None
     return {
         "dpbench": dpbench.__version__,

@@ -117,6 +117,20 @@ def test_bench_writes_the_agreed_schema(tmp_path, capsys):
     assert "img/s" in capsys.readouterr().out
 
 
+def test_step_memory_counts_what_the_step_holds(tmp_path):
+    """Opacus keeps every layer's per-sample gradients (B x 550k parameters of the cnn): its step grows
+    by at least that much; plain training by far less. Sizes, not timings: robust on a shared machine."""
+    grown = {}
+    for algorithm in ("nonprivate", "opacus"):
+        out = tmp_path / f"{algorithm}.json"
+        assert main(["bench", "--algorithm", algorithm, "--model", "cnn", "--batch-size", "32", "--steps", "1",
+                     "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+        grown[algorithm] = json.loads(out.read_text())["step_memory_bytes"]
+    per_sample_grads = 32 * 550_570 * 4
+    assert 0 < grown["nonprivate"] < per_sample_grads / 2
+    assert grown["opacus"] > grown["nonprivate"] + 0.9 * per_sample_grads, grown
+
+
 def test_maxbatch_under_a_tiny_budget_records_failed_probes(tmp_path):
     out = tmp_path / "maxbatch.json"
     assert main(["maxbatch", "--algorithm", "ghost", *TINY, "--memory-budget", "1MiB", "--start", "1",

@@ -6,6 +6,9 @@ engine and a fixed synthetic batch, runs warm-up steps, then times full training
 (forward, engine.backward, engine.add_noise, optimizer.step, zero_grad) with the device synchronised
 before every clock read. Peak memory: on CUDA the allocator's peak (reset after warm-up); on CPU the
 peak RSS of this process minus the baseline (the peak is reset to the baseline first where Linux allows).
+Step memory (`step_memory_bytes`, measured in two untimed steps before the warm-up): the growth of a
+step over the memory in use just before it: activations, gradients and the algorithm's buffers, not
+the model or optimizer state (see `step_memory_growth`). The overall peak counts from the warm-up on.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch.nn.functional as F
 
 from dpbench.errors import DpbenchError
 from dpbench.measure.config import BenchConfig
-from dpbench.measure.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from dpbench.measure.memory import (current_rss_bytes, peak_rss_bytes, release_freed_memory_promptly,
+                                    reset_peak_rss, restore_malloc_thresholds)
 
 CUDA_METHOD = "cuda_max_memory_allocated"
 CPU_METHOD = "cpu_peak_rss_minus_baseline"
@@ -120,6 +124,7 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
     info = {}
     try:
         model, engine, optimizer, x, y, info = build(config, device)
+        step_memory = step_memory_growth(device, lambda: train_step(model, engine, optimizer, x, y))
         for _ in range(config.warmup):
             train_step(model, engine, optimizer, x, y)
         _synchronize(device)
@@ -139,6 +144,7 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
         result.update(oom=True, error=str(error).strip().splitlines()[0][:300])
         times = None
     result["peak_memory_bytes"] = _peak(device, baseline)
+    result["step_memory_bytes"] = step_memory if times is not None else None
     result.update(info)
     if times is not None:
         result["step_time_s"] = {**_quantiles(times), "min": min(times), "max": max(times), "samples": times}
@@ -147,6 +153,36 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
         # means the run waited for cores that other work held
         result["step_cpu_time_s"] = {**_quantiles(cpu_times), "samples": cpu_times}
     return result
+
+
+def step_memory_growth(device: torch.device, step) -> int | None:
+    """Run two untimed steps and return the peak memory of the second above the memory in use just
+    before it (the first settles what a first step allocates once).
+
+    CUDA: the allocator's peak minus what is allocated. CPU: for these two steps glibc serves every
+    buffer of 128 KiB or more by its own mmap, unmapped when freed, so that the resident set follows
+    the live tensors: peak RSS minus RSS before. Then glibc's usual thresholds are restored (mmap per
+    buffer would slow the timed steps) and the warm-up steps refill its heap. None where unsupported."""
+    if device.type == "cuda":
+        step()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    if not release_freed_memory_promptly():
+        step()
+        step()
+        return None
+    try:
+        step()
+        before = current_rss_bytes()
+        supported = reset_peak_rss()
+        step()
+        return max(0, peak_rss_bytes() - before) if supported else None
+    finally:
+        restore_malloc_thresholds()
 
 
 def _peak(device: torch.device, baseline: int) -> int:

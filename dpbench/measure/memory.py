@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import sys
@@ -89,3 +90,37 @@ def total_memory_bytes(device: str) -> int:
         return torch.cuda.get_device_properties(device).total_memory
     import psutil
     return psutil.virtual_memory().total
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+MMAP_THRESHOLD_BYTES = 128 * 1024
+# after a memory measurement: glibc's adaptive mmap threshold ends at 32 MiB on 64-bit systems
+# (DEFAULT_MMAP_THRESHOLD_MAX); a large trim threshold keeps the freed heap mapped between steps (a
+# lower one re-faults pages every step: measured 20-25% slower ResNet18 steps on CPU than never switching)
+RESTORED_MMAP_THRESHOLD_BYTES = 32 * 1024**2
+RESTORED_TRIM_THRESHOLD_BYTES = 1024**3
+
+
+def release_freed_memory_promptly() -> bool:
+    """glibc only: from now on serve buffers of 128 KiB or more by their own mmap, unmapped when freed
+    (a fixed threshold also stops glibc raising it adaptively), and give free heap memory back to the
+    system now; afterwards RSS follows live allocations. False where this is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and libc.mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
+
+
+def restore_malloc_thresholds() -> None:
+    """Undo `release_freed_memory_promptly`: thresholds under which steps run as fast as by default."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, RESTORED_MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, RESTORED_TRIM_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass

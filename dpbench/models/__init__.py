@@ -16,13 +16,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import timm
 from torch import nn
 
 from dpbench.errors import DpbenchError
 from dpbench.models.cifar import RESNET_CONFIGS, VGG_CONFIGS, VGG, ResNet, WideResNet
 from dpbench.models.cnn import MnistCNN, TanhCNN
-from dpbench.models.timm_models import create_timm_model, is_timm_model, timm_default_image_size
 
 __all__ = ["create_model", "available_models", "default_image_size"]
 
@@ -58,13 +56,19 @@ ZOO = _zoo()
 def available_models(include_timm: bool = True) -> list[str]:
     """The dpbench zoo's names, followed by every timm architecture name when include_timm."""
     names = sorted(ZOO)
-    return names + ([n for n in timm.list_models() if n not in ZOO] if include_timm else [])
+    if not include_timm:
+        return names
+    import timm  # imported only when asked: it costs seconds (torchvision with it)
+
+    return names + [n for n in timm.list_models() if n not in ZOO]
 
 
 def default_image_size(name: str) -> int:
     """The input size (side of a square image) a model is built for when image_size is None."""
     if name in ZOO:
         return ZOO[name].image_size
+    from dpbench.models.timm_models import is_timm_model, timm_default_image_size
+
     if is_timm_model(name.removeprefix(TIMM_PREFIX)):
         return timm_default_image_size(name.removeprefix(TIMM_PREFIX))
     raise _unknown(name)
@@ -94,6 +98,8 @@ def create_model(name: str, num_classes: int = 10, image_size: int | None = None
             raise DpbenchError(f"{name} needs images of at least {entry.min_image_size}x{entry.min_image_size}, "
                                f"got {size}x{size}")
         return entry.builder(num_classes, entry.in_channels if in_channels is None else in_channels, size)
+    from dpbench.models.timm_models import create_timm_model, is_timm_model
+
     timm_name = name.removeprefix(TIMM_PREFIX)
     if is_timm_model(timm_name):
         return create_timm_model(timm_name, num_classes, image_size, 3 if in_channels is None else in_channels,

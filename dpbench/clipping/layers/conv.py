@@ -4,6 +4,7 @@ and groups. Per group g the per-sample weight gradient is G_gᵀA_g with A_g the
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -26,23 +27,67 @@ def padded_input(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.
     return x, (0,) * nd
 
 
-def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
-    """Unfolded input [B, groups, T, d] with d = C_in/groups·∏kernel in the weight's order."""
+def _zero_padded(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+    """The input with all of the convolution's padding applied."""
     x, padding = padded_input(conv, x)
-    nd = len(conv.kernel_size)
     if any(padding):
         x = F.pad(x, [p for pp in reversed(padding) for p in (pp, pp)])
+    return x
+
+
+def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded input [B, groups, d, T] with d = C_in/groups·∏kernel in the weight's order."""
+    x = _zero_padded(conv, x)
+    B, C, nd, groups = x.shape[0], x.shape[1], len(conv.kernel_size), conv.groups
+    if nd == 2:  # im2col: about twice as fast as the strided copy below
+        cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+        return cols.view(B, groups, -1, cols.shape[-1])
     for i, (k, s, dil) in enumerate(zip(conv.kernel_size, conv.stride, conv.dilation)):
         x = x.unfold(2 + i, dil * (k - 1) + 1, s)
     if any(dil > 1 for dil in conv.dilation):
         x = x[(...,) + tuple(slice(None, None, dil) for dil in conv.dilation)]
-    B, C = x.shape[:2]
-    groups = conv.groups
     out_shape = x.shape[2:2 + nd]
     x = x.view(B, groups, C // groups, *x.shape[2:])
-    # [B, groups, C_g, O..., k...] -> [B, groups, O..., C_g, k...]
-    perm = [0, 1, *range(3, 3 + nd), 2, *range(3 + nd, 3 + 2 * nd)]
-    return x.permute(perm).reshape(B, groups, math.prod(out_shape), -1)
+    # [B, groups, C_g, O..., k...] -> [B, groups, C_g, k..., O...]
+    perm = [0, 1, 2, *range(3 + nd, 3 + 2 * nd), *range(3, 3 + nd)]
+    return x.permute(perm).reshape(B, groups, -1, math.prod(out_shape))
+
+
+def patch_gram(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+    """A Aᵀ per sample and group, [B, groups, T, T], without unfolding: the Gram of the padded
+    input's pixels over channels, M = XᵀX (N×N, N padded positions), summed over the ∏k kernel
+    offsets of its entries at the output positions' receptive-field pixels. Costs N²·C instead of
+    T²·C·∏k plus the im2col copy: cheaper for stride-1 convolutions (see `patch_gram_is_faster`)."""
+    x = _zero_padded(conv, x)
+    B, C, groups = x.shape[0], x.shape[1], conv.groups
+    spatial = x.shape[2:]
+    xg = x.reshape(B, groups, C // groups, -1)
+    pixels = torch.matmul(xg.transpose(2, 3), xg).view(B, groups, *spatial, *spatial)
+    out = [(n - dil * (k - 1) - 1) // s + 1
+           for n, k, s, dil in zip(spatial, conv.kernel_size, conv.stride, conv.dilation)]
+    gram = None
+    for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
+        window = tuple(slice(o * dil, o * dil + s * (m - 1) + 1, s)
+                       for o, dil, s, m in zip(offset, conv.dilation, conv.stride, out))
+        piece = pixels[(slice(None), slice(None)) + window + window]
+        gram = piece.clone() if gram is None else gram.add_(piece)
+    T = math.prod(out)
+    return gram.reshape(B, groups, T, T)
+
+
+def padded_positions(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> int:
+    """N: positions of an input of this spatial shape once padded."""
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        pad = conv._reversed_padding_repeated_twice
+        widths = [pad[2 * i] + pad[2 * i + 1] for i in range(len(spatial))][::-1]
+    else:
+        widths = [2 * p for p in conv.padding]
+    return math.prod(n + w for n, w in zip(spatial, widths))
+
+
+def patch_gram_is_faster(N: int, T: int, kernel: int) -> bool:
+    """The pixel Gram (N²·C multiply-adds, no copy) against im2col + Gram (T²·C·∏k plus the copy)."""
+    return N * N <= T * T * kernel
 
 
 def per_sample_weight_grad(conv: nn.modules.conv._ConvNd, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -81,12 +126,21 @@ class ConvRule(LayerRule):
         d = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
         return LayerShape(T, d, conv.out_channels // conv.groups, conv.groups)
 
+    def _pixel_gram(self, calls: list[Call]) -> bool:
+        """Whether the ghost norm takes A Aᵀ from the pixel Gram (one call; see `patch_gram`)."""
+        if len(calls) != 1:
+            return False
+        x, g = calls[0].args[0], calls[0].grads[0]
+        N = padded_positions(self.module, tuple(x.shape[2:]))
+        return patch_gram_is_faster(N, math.prod(g.shape[2:]), math.prod(self.module.kernel_size))
+
     def _stacked(self, calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unfolded inputs [B, groups, d, T] and output gradients [B, groups, p, T], calls along T."""
         a = [unfold(self.module, c.args[0]) for c in calls]
         g = [grouped_grad_output(self.module, c.grads[0]) for c in calls]
         if len(calls) == 1:
             return a[0], g[0]
-        return torch.cat(a, 2), torch.cat(g, 3)
+        return torch.cat(a, 3), torch.cat(g, 3)
 
     def _bias_grads(self, calls: list[Call]) -> torch.Tensor:
         return sum(c.grads[0].flatten(2).sum(2) for c in calls)
@@ -96,6 +150,9 @@ class ConvRule(LayerRule):
         if choice == INSTANTIATE:
             unfolded = s.T * s.d * s.groups if unfold_is_faster(s.T, s.d) else 0
             return self.module.weight.numel() + unfolded
+        if self._pixel_gram(calls):
+            N = padded_positions(self.module, tuple(calls[0].args[0].shape[2:]))
+            return s.groups * (N * N + 2 * s.T * s.T)
         return s.T * s.groups * (s.d + 2 * s.T)
 
     def instantiate(self, calls):
@@ -104,7 +161,7 @@ class ConvRule(LayerRule):
             s = self.shape(calls)
             if unfold_is_faster(s.T, s.d):
                 a, g = self._stacked(calls)
-                w = torch.matmul(g, a)  # [B, groups, p, d]
+                w = torch.matmul(g, a.transpose(2, 3))  # [B, groups, p, d]
                 out["weight"] = w.reshape(w.shape[0], *self.module.weight.shape)
             else:
                 out["weight"] = sum(per_sample_weight_grad(self.module, c.args[0], c.grads[0]) for c in calls)
@@ -115,11 +172,17 @@ class ConvRule(LayerRule):
     def ghost_norm_sq(self, calls):
         total = 0
         if "weight" in self.params:
-            a, g = self._stacked(calls)
-            if a.shape[2] == 1:
-                total = (a.pow(2).sum((2, 3)) * g.pow(2).sum((2, 3))).sum(1)
+            if self._pixel_gram(calls):
+                aa = patch_gram(self.module, calls[0].args[0])
+                g = grouped_grad_output(self.module, calls[0].grads[0])
             else:
-                aa = torch.matmul(a, a.transpose(2, 3))
+                a, g = self._stacked(calls)
+                if a.shape[3] == 1:
+                    aa = None
+                    total = (a.pow(2).sum((2, 3)) * g.pow(2).sum((2, 3))).sum(1)
+                else:
+                    aa = torch.matmul(a.transpose(2, 3), a)
+            if aa is not None:
                 gg = torch.matmul(g.transpose(2, 3), g)
                 total = (aa * gg).sum((1, 2, 3))
         if "bias" in self.params:
