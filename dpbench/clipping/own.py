@@ -59,6 +59,9 @@ class OwnBackend:
         self._replaying = False
         self._use_check: ParameterUseCheck | None = ParameterUseCheck(model, self.rules, self._record_candidate)
         self._trains = {m for m in model.modules() if any(p.requires_grad for p in m.parameters())}
+        # optional: (rule, calls) -> extra layer_report fields, called before a ghost-capable layer's
+        # inputs are released (dpbench.measure.branches times both norm branches with it)
+        self.branch_timer = None
 
     @property
     def generic_params(self) -> list[torch.Tensor]:
@@ -163,6 +166,7 @@ class OwnBackend:
                         parts.append(grads)
                 else:
                     sqs.append(rule.ghost_norm_sq(chunk))
+            timing = self.branch_timer(rule, calls) if self.branch_timer is not None and rule.has_ghost else {}
         finally:
             self._replaying = False
         sq = torch.cat(sqs) if len(sqs) > 1 else sqs[0]
@@ -180,7 +184,7 @@ class OwnBackend:
             "name": rule.name, "type": type(module).__name__, "rule": type(rule).__name__,
             "T": shape.T if shape else None, "d": shape.d if shape else None,
             "p": shape.p if shape else None, "groups": shape.groups if shape else None,
-            "calls": len(calls), "choice": choice, "_module": module})
+            "calls": len(calls), "choice": choice, **timing, "_module": module})
 
     def _chunks(self, rule: LayerRule, calls: list[Call], choice: str):
         """The calls in batch chunks whose temporaries (unfolded inputs, Gram matrices, per-sample

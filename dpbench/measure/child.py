@@ -72,7 +72,7 @@ def build(config: BenchConfig, device: torch.device):
     dtype = getattr(torch, config.dtype)
     image_size = config.image_size or default_image_size(config.model)
     torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes=config.num_classes, image_size=image_size)
+    model = create_model(config.model, num_classes=config.num_classes, image_size=image_size, in_channels=3)
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if has_batchnorm:
         model = replace_batchnorm(model)

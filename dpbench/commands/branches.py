@@ -1,0 +1,59 @@
+"""`dpbench branches`: per layer, the time of the ghost norm and of instantiation, and which rule wins."""
+
+from __future__ import annotations
+
+from dpbench.measure.cli_args import one_line_errors, positive_int
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("branches", help="per layer: ghost norm vs instantiation time, against the "
+                                               "paper's space rule")
+    one_line_errors(p)
+    p.add_argument("--model", required=True, help="model name from the registry (dpbench.models)")
+    p.add_argument("--batch-size", type=positive_int, required=True)
+    p.add_argument("--image-size", type=positive_int, default=None, help="input height = width (default: the model's)")
+    p.add_argument("--num-classes", type=positive_int, default=10)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs of each branch; the best counts (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="result JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from dpbench.clipping import replace_batchnorm
+    from dpbench.errors import DpbenchError
+    from dpbench.measure.branches import branch_times
+    from dpbench.models import create_model, default_image_size
+    from dpbench.results import environment, write_json_atomic
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise DpbenchError(f"bad --device {args.device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DpbenchError("--device cuda but no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = args.image_size or default_image_size(args.model)
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, num_classes=args.num_classes, image_size=size, in_channels=3)
+    model = replace_batchnorm(model).to(device)
+    x = torch.randn(args.batch_size, 3, size, size, device=device)  # synthetic RGB, as `dpbench bench`
+    y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    rows = branch_times(model, x, y, args.repeats)
+    agree = sum(r["rules_agree"] for r in rows)
+    result = {"kind": "branches", "config": {"model": args.model, "batch_size": args.batch_size, "image_size": size,
+                                             "num_classes": args.num_classes, "device": args.device,
+                                             "threads": args.threads, "repeats": args.repeats, "seed": args.seed},
+              "layers": rows, "rules_agree": agree, "layers_with_ghost": len(rows),
+              "environment": environment(args.device, "float32", args.seed)}
+    write_json_atomic(args.out, result)
+    for r in rows:
+        print(f"{r['name']:32s} T={r['T']:<6} d={r['d']:<6} p={r['p']:<5} space rule {r['space_rule']:<11} "
+              f"ghost {r['ghost_s'] * 1e3:8.2f} ms  instantiate {r['instantiate_s'] * 1e3:8.2f} ms  faster {r['faster']}")
+    print(f"the space rule picks the faster branch in {agree} of {len(rows)} layers -> {args.out}")
+    return 0
