@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Issue 6's before/after table: every algorithm with the engine of a baseline commit and with the
+engine of the working tree, side by side, measured by the same harness (`dpbench bench`).
+
+The baseline's `dpbench/clipping` is extracted from git into an overlay package (every other module is
+the working tree's), which `PYTHONPATH` puts in front of the installed one for the "before" runs; so
+harness, models and memory measurement are identical and only the engine differs. Each run is a fresh
+process with one torch thread; two run at a time on a two-core machine (the before and after runs of
+the same algorithm side by side), the order rotating from round to round. Throughput is by CPU time
+(robust to other load with one thread); memory is `step_memory_bytes`, the growth of one step.
+
+    .venv/bin/python scripts/perf_before_after.py                     # baseline 837c1d2, resnet18+vgg11, B 32/64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from io import BytesIO
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dpbench.clipping import ALGORITHMS  # noqa: E402
+from dpbench.results import environment, write_text_atomic  # noqa: E402
+
+BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", default=BASELINE, help=f"git commit of the 'before' engine (default {BASELINE})")
+    p.add_argument("--models", nargs="+", default=["resnet18", "vgg11"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 64])
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "perf_before_after")
+    p.add_argument("--out-csv", type=Path, default=ROOT / "paper" / "perf_before_after.csv")
+    p.add_argument("--out-md", type=Path, default=ROOT / "paper" / "perf_before_after.md")
+    return p.parse_args(argv)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def overlay_with_baseline_engine(commit: str, into: Path) -> Path:
+    """A `dpbench` package = the working tree's modules, with `clipping` taken from `commit` (less the
+    complexity model, which reads the current engine's internals and is not needed to bench)."""
+    package = into / "dpbench"
+    shutil.copytree(ROOT / "dpbench", package, ignore=shutil.ignore_patterns("__pycache__", "clipping", "complexity.py"))
+    archive = subprocess.run(["git", "archive", commit, "dpbench/clipping"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def run_one(args, engine: str, pythonpath: str | None, algorithm: str, model: str, batch: int, rnd: int) -> dict:
+    out = args.results_dir / f"{model}_b{batch}_{algorithm}_{engine}_r{rnd}.json"
+    command = [str(ROOT / ".venv" / "bin" / "dpbench"), "bench", "--algorithm", algorithm, "--model", model,
+               "--batch-size", str(batch), "--image-size", "32", "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    # `python -m` puts the working directory first on sys.path: run "before" from inside the overlay
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=pythonpath or ROOT)
+    row = {"model": model, "batch_size": batch, "algorithm": algorithm, "engine": engine, "round": rnd}
+    if done.returncode != 0 or not out.exists():
+        return {**row, "status": f"error: {done.stderr.strip().splitlines()[-1:]}"}
+    result = json.loads(out.read_text())
+    if result["oom"]:
+        return {**row, "status": "oom"}
+    return {**row, "status": "ok", "step_cpu_time_s": result["step_cpu_time_s"]["median"],
+            "step_time_s": result["step_time_s"]["median"], "step_memory_bytes": result.get("step_memory_bytes"),
+            "commit": result["environment"].get("git_commit")}
+
+
+def measure(args, overlay: Path) -> pd.DataFrame:
+    jobs = []
+    for model in args.models:
+        for batch in args.batch_sizes:
+            for rnd in range(args.rounds):
+                shift = rnd % len(args.algorithms)
+                for algorithm in args.algorithms[shift:] + args.algorithms[:shift]:
+                    for engine in (("before", "after") if rnd % 2 == 0 else ("after", "before")):
+                        jobs.append((engine, str(overlay) if engine == "before" else None, algorithm, model, batch, rnd))
+    rows = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for row in pool.map(lambda job: run_one(args, *job), jobs):
+            rows.append(row)
+            print(f"[{datetime.now():%H:%M:%S}] {row['model']} b{row['batch_size']} {row['algorithm']} "
+                  f"{row['engine']}: {row['status']} {row.get('step_cpu_time_s', float('nan')):.3f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
+def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFrame:
+    """Median over rounds per (model, batch, algorithm, engine), before and after side by side."""
+    ok = raw[raw["status"] == "ok"].copy()
+    ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
+    med = ok.groupby(["model", "batch_size", "algorithm", "engine"]).agg(
+        img_per_cpu_s=("img_per_cpu_s", "median"), step_memory_bytes=("step_memory_bytes", "median")).reset_index()
+    rows = []
+    for (model, batch, algorithm), g in med.groupby(["model", "batch_size", "algorithm"], sort=False):
+        by = {e: r for e, r in zip(g["engine"], g.to_dict("records"))}
+        b, a = by.get("before"), by.get("after")
+        rows.append({"model": model, "image_size": 32, "batch_size": batch, "algorithm": algorithm,
+                     "before_img_per_cpu_s": b and b["img_per_cpu_s"], "after_img_per_cpu_s": a and a["img_per_cpu_s"],
+                     "speedup": (a["img_per_cpu_s"] / b["img_per_cpu_s"]) if a and b else None,
+                     "before_step_memory_bytes": b and b["step_memory_bytes"],
+                     "after_step_memory_bytes": a and a["step_memory_bytes"],
+                     "before_commit": baseline, "after_commit": after_commit})
+    order = {name: i for i, name in enumerate(ALGORITHMS)}
+    table = pd.DataFrame(rows)
+    return table.sort_values(["model", "batch_size", "algorithm"], key=lambda c: c.map(order) if c.name == "algorithm" else c)
+
+
+def markdown(table: pd.DataFrame, args, env: dict, started: str) -> str:
+    lines = [f"# Engine before / after issue 6 (CPU, 1 thread per run)", "",
+             f"Measured {started} on {env['device_name']} ({os.cpu_count()} cores), torch {env['torch']}; "
+             f"before = engine of `{args.baseline}`, after = `{table['after_commit'].iloc[0]}`; "
+             f"{args.rounds} rounds of {args.warmup} warm-up + {args.steps} timed steps per run, each run a fresh "
+             f"process, two at a time. Command:", "", "    .venv/bin/python scripts/perf_before_after.py", "",
+             "Throughput = images per CPU-second of the step (median over rounds); memory = growth of one step "
+             "over the memory in use before it (`step_memory_bytes`).", ""]
+    view = table.assign(
+        before=table["before_img_per_cpu_s"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "n/a"),
+        after=table["after_img_per_cpu_s"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "n/a"),
+        speedup=table["speedup"].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "n/a"),
+        mem_before=table["before_step_memory_bytes"].map(lambda v: f"{v / 2**20:.0f} MiB" if pd.notna(v) else "n/a"),
+        mem_after=table["after_step_memory_bytes"].map(lambda v: f"{v / 2**20:.0f} MiB" if pd.notna(v) else "n/a"))
+    lines += [view[["model", "batch_size", "algorithm", "before", "after", "speedup", "mem_before", "mem_after"]]
+              .to_markdown(index=False), ""]
+    after = table.set_index(["model", "batch_size", "algorithm"])
+    ratio_rows = []
+    for (model, batch), g in table.groupby(["model", "batch_size"], sort=False):
+        base = after.loc[(model, batch, "nonprivate")] if (model, batch, "nonprivate") in after.index else None
+        if base is None:
+            continue
+        for algorithm in g["algorithm"]:
+            r = after.loc[(model, batch, algorithm)]
+            ratio_rows.append({"model": model, "batch_size": batch, "algorithm": algorithm,
+                               "throughput ÷ nonprivate": f"{r['after_img_per_cpu_s'] / base['after_img_per_cpu_s']:.2f}",
+                               "step memory ÷ nonprivate": f"{r['after_step_memory_bytes'] / base['after_step_memory_bytes']:.2f}"
+                               if pd.notna(r["after_step_memory_bytes"]) else "n/a"})
+    lines += ["## After: ratios to nonprivate (same runs)", "", pd.DataFrame(ratio_rows).to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    after_commit = git("rev-parse", "--short=7", "HEAD") + ("-dirty" if git("status", "--porcelain", "dpbench") else "")
+    with tempfile.TemporaryDirectory(prefix="dpbench-baseline-") as tmp:
+        overlay = overlay_with_baseline_engine(args.baseline, Path(tmp))
+        raw = measure(args, overlay)
+    raw.to_csv(args.results_dir / "runs.csv", index=False)
+    table = summarise(raw, args.baseline, after_commit)
+    args.out_csv.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out_csv, table.to_csv(index=False))
+    write_text_atomic(args.out_md, markdown(table, args, environment("cpu", "float32", 0), started))
+    print(f"wrote {args.out_csv} and {args.out_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
