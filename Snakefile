@@ -15,11 +15,14 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/perf_common.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/maxbatch.smk"
 include: "workflow/rules/complexity.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/profile.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/perf.smk"
 
 
 localrules:
@@ -33,4 +36,5 @@ rule all:
         figure_files("png"),
         figure_files("pdf"),
         REPRODUCTION,
+        performance_files(),
     default_target: True

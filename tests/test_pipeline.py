@@ -4,6 +4,7 @@ temporary directory (`.test/config/pipeline.yaml`, ~1-2 min), with its HTML repo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-AGGREGATES = {"tables": 1, "figures": 1, "reproduction_report": 1, "all": 1}
+AGGREGATES = {"tables": 1, "figures": 1, "reproduction_report": 1, "perf_report": 1, "all": 1}
 
 
 def snakemake(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -49,6 +50,8 @@ def expected_counts(config: dict) -> dict[str, int]:
         "maxbatch": sum(prod(len(s[k]) for k in ("models", "image_sizes", "algorithms")) for s in config["maxbatch"]),
         "complexity": len({(m, i) for c in config["complexity"] for m, i in product(c["models"], c["image_sizes"])}),
         "train": sum(len(r["algorithms"]) * len(r["epsilons"]) for r in config["train"]),
+        "profile": len({key for p in config["profile"]
+                        for key in product(*(p[k] for k in ("models", "image_sizes", "batch_sizes", "algorithms")))}),
     }
     return {rule: n for rule, n in counts.items() if n} | AGGREGATES
 
@@ -61,7 +64,7 @@ def test_dry_run_lists_every_job(name, tmp_path):
     counts = job_counts(run.stdout + run.stderr)
     assert counts == expected_counts(yaml.safe_load(configfile.read_text()))
     if name == "paper":  # the paper's sweep, counted by hand
-        assert counts == {"bench": 230, "maxbatch": 98, "complexity": 11, "train": 8} | AGGREGATES
+        assert counts == {"bench": 230, "maxbatch": 98, "complexity": 11, "train": 8, "profile": 7} | AGGREGATES
     else:  # every algorithm, two or three batch sizes, every stage
         config = yaml.safe_load(configfile.read_text())
         algorithms = {a for s in config["bench"] for a in s["algorithms"]}
@@ -95,6 +98,7 @@ def write_config(tmp_path: Path, change) -> Path:
     (lambda c: c["train"][0]["options"].update(out="x.json"), "out"),
     (lambda c: c.update(device="gpu"), "'gpu' does not match"),
     (lambda c: c["maxbatch"][0].update(name=c["bench"][0]["name"]), "names must be unique"),
+    (lambda c: c["profile"][0].update(warmup=-1), "-1 is less than the minimum of 0"),
 ])
 def test_bad_config_stops_before_any_job(change, message, tmp_path):
     run = snakemake("-n", "--configfile", str(write_config(tmp_path, change)), cwd=tmp_path)
@@ -118,7 +122,7 @@ def test_pipeline_end_to_end(pipeline_run):
     work, output = pipeline_run
     finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
     assert {rule: finished.count(rule) for rule in finished} == {"bench": 3, "maxbatch": 1, "complexity": 1,
-                                                                  "train": 1} | AGGREGATES
+                                                                  "train": 1, "profile": 2} | AGGREGATES
     # the maxbatch checkpoint added the throughput run at the maximum batch size (16: the limit)
     assert (work / "results/bench/tiny_budget/cnn/s16_b16/mixed_ghost.json").exists()
     throughput = pd.read_csv(work / "results/tables/throughput_memory.csv")
@@ -135,6 +139,13 @@ def test_pipeline_end_to_end(pipeline_run):
         assert png.stat().st_size > 10_000 and np.ptp(pixels[..., :3]) > 0.5, name
         assert (work / "figures" / f"{name}.pdf").stat().st_size > 1000
     assert "# Reproduction report" in (work / "paper/reproduction.md").read_text()
+    profile = json.loads((work / "results/profile/cnn_s16_b4/mixed_ghost.json").read_text())
+    assert profile["kind"] == "profile" and set(profile["regions"]) == {"forward", "engine.backward",
+                                                                        "engine.add_noise", "optimizer.step"}
+    performance = (work / "paper/performance.md").read_text()
+    assert re.search(r"\| cnn 16², batch 4 +\| Mixed ghost throughput ÷ non-private +\| [0-9.]+ +\| ≥ 0.6 +\| (not )?met ",
+                     performance), performance[:3000]
+    assert "### cnn 16², batch 4" in performance and "`aten::" in performance  # the profiler section
     assert (work / "logs/bench/tiny/cnn/s16_b4/mixed_ghost.log").exists()
     # results are the only state: a second run has nothing to do
     again = snakemake("--cores", "2", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
@@ -147,6 +158,6 @@ def test_html_report_has_figures_and_tables(pipeline_run):
     run = snakemake("--configfile", str(REPO / ".test/config/pipeline.yaml"), "--report", "report.html", cwd=work)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     html = (work / "report.html").read_text(errors="replace")
-    for text in ["fig3_maxbatch_throughput.png", "throughput_memory.csv", "reproduction.md",
+    for text in ["fig3_maxbatch_throughput.png", "throughput_memory.csv", "reproduction.md", "performance.md",
                  "Figure 3 of the paper, remeasured"]:
         assert text in html, text

@@ -1,0 +1,31 @@
+"""paper/performance.md (`dpbench perf-report`): the targets of issue 6 measured in this run, the
+committed before/after table (paper/perf_before_after.csv, when it exists) and the profiler summary.
+Seconds and no GPU: it runs where Snakemake runs."""
+
+
+localrules:
+    perf_report,
+
+
+rule perf_report:
+    input:
+        bench=bench_files(),
+        maxbatch=maxbatch_files(),
+        profile=profile_files(),
+        before_after=before_after_input,
+    output:
+        report(PERFORMANCE, caption="../report/performance.rst", category="Performance"),
+    log:
+        "logs/perf_report.log",
+    params:
+        dpbench=DPBENCH,
+        before_after=before_after_option,
+    threads: 1
+    resources:
+        runtime=stage_resources("aggregate")["runtime"],
+        mem_mb=stage_resources("aggregate")["mem_mb"],
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.dpbench} perf-report --bench {input.bench} --maxbatch {input.maxbatch} --profile {input.profile}"
+        " {params.before_after} --out {output} > {log} 2>&1"

@@ -1,0 +1,42 @@
+"""Result paths, target lists and options of the profile and performance-report rules (profile.smk,
+perf.smk); included right after common.smk, whose helpers it uses."""
+
+PROFILE = "results/profile/{model}_s{image_size}_b{batch_size}/{algorithm}.json"
+PERFORMANCE = "paper/performance.md"
+BEFORE_AFTER = str(REPO / "paper" / "perf_before_after.csv")
+
+
+def profile_entries(wildcards=None):
+    """(entry, model, image size, batch size, algorithm) of every profile job; with wildcards, only
+    those of that job (the first one's entry gives its warm-up and number of classes)."""
+    for entry in config["profile"]:
+        for m, i, b, a in product(entry["models"], entry["image_sizes"], entry["batch_sizes"], entry["algorithms"]):
+            if wildcards is None or (m, str(i), str(b), a) == (wildcards.model, wildcards.image_size,
+                                                               wildcards.batch_size, wildcards.algorithm):
+                yield entry, m, i, b, a
+
+
+def profile_files():
+    return sorted({PROFILE.format(model=m, image_size=i, batch_size=b, algorithm=a)
+                   for _, m, i, b, a in profile_entries()})
+
+
+def profile_options(wildcards):
+    entry = next(profile_entries(wildcards))[0]
+    return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
+            f" --batch-size {wildcards.batch_size} --num-classes {entry['num_classes']} --warmup {entry['warmup']}"
+            f" --dtype {config['dtype']} {device_options()}")
+
+
+def performance_files():
+    """The performance report, when this config measures anything it reports on."""
+    return [PERFORMANCE] if config["bench"] or config["maxbatch"] or config["profile"] else []
+
+
+def before_after_input(wildcards):
+    """The committed before/after table of the engine's optimisation, where it exists."""
+    return [BEFORE_AFTER] if Path(BEFORE_AFTER).exists() else []
+
+
+def before_after_option(wildcards, input):
+    return f"--before-after {shlex.quote(input.before_after[0])}" if input.before_after else ""

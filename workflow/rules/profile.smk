@@ -1,0 +1,23 @@
+"""torch.profiler view of one training step per algorithm (`dpbench profile`): where the time goes,
+region by region and operator by operator (the profiler section of paper/performance.md)."""
+
+
+rule profile:
+    output:
+        json=PROFILE,
+    log:
+        "logs/profile/{model}_s{image_size}_b{batch_size}/{algorithm}.log",
+    params:
+        dpbench=DPBENCH,
+        options=profile_options,
+    threads: config["threads"]
+    resources:
+        runtime=stage_resources("bench")["runtime"],
+        mem_mb=stage_resources("bench")["mem_mb"],
+        gpu=GPUS,
+        device_slot=DEVICE_SLOTS,
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} profile {params.options}"
+        " --threads {threads} --out {output.json} > {log} 2>&1"
