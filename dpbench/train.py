@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ PRECISIONS = ("fp32", "bf16")
 CHECKPOINT_VERSION = 1
 EPS_REFRESH_FACTOR = 20
 """The progress bar's ε (a PRV evaluation can take seconds) is refreshed after 20x its cost, and per epoch."""
+PROGRESS_INTERVAL_S, LOG_INTERVAL_S = 0.1, 30.0  # progress bar updates: terminal / log file (SLURM, pipeline)
 # Settings that may change between a run and its resumption; every other field must match.
 RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress"}
 
@@ -372,7 +374,7 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
         stream = physical_stream(data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
                                  pin_memory=device.type == "cuda")
         bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=PROGRESS_INTERVAL_S if sys.stderr.isatty() else LOG_INTERVAL_S)
         for position, chunks in enumerate(bar):
             for _ in chunks:
                 x, y = next(stream)

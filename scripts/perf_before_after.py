@@ -10,6 +10,9 @@ the same algorithm side by side), the order rotating from round to round. Throug
 (robust to other load with one thread); memory is `step_memory_bytes`, the growth of one step.
 
     .venv/bin/python scripts/perf_before_after.py                     # baseline 837c1d2, resnet18+vgg11, B 32/64
+
+Runs of configurations not measured again are kept from earlier invocations (results-dir/runs.csv), so
+the table can be built in parts, e.g. every algorithm at batch 32, then the targets' algorithms at 64.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 from dpbench.clipping import ALGORITHMS  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
+PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32",
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 64 --algorithms nonprivate mixed_ghost bk_mixed"]
 BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
 
 
@@ -136,7 +141,8 @@ def markdown(table: pd.DataFrame, args, env: dict, started: str) -> str:
              f"Measured {started} on {env['device_name']} ({os.cpu_count()} cores), torch {env['torch']}; "
              f"before = engine of `{args.baseline}`, after = `{table['after_commit'].iloc[0]}`; "
              f"{args.rounds} rounds of {args.warmup} warm-up + {args.steps} timed steps per run, each run a fresh "
-             f"process, two at a time. Command:", "", "    .venv/bin/python scripts/perf_before_after.py", "",
+             f"process, two at a time. Commands (the table was built in these parts):", "",
+             *[f"    {c}" for c in PARTS], "",
              "Throughput = images per CPU-second of the step (median over rounds); memory = growth of one step "
              "over the memory in use before it (`step_memory_bytes`).", ""]
     view = table.assign(
@@ -171,7 +177,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dpbench-baseline-") as tmp:
         overlay = overlay_with_baseline_engine(args.baseline, Path(tmp))
         raw = measure(args, overlay)
-    raw.to_csv(args.results_dir / "runs.csv", index=False)
+    runs_csv = args.results_dir / "runs.csv"
+    if runs_csv.exists():  # runs of other configurations measured by earlier invocations are kept
+        earlier = pd.read_csv(runs_csv)
+        keys = set(zip(raw["model"], raw["batch_size"], raw["algorithm"]))
+        earlier = earlier[[k not in keys for k in zip(earlier["model"], earlier["batch_size"], earlier["algorithm"])]]
+        raw = pd.concat([earlier, raw], ignore_index=True)
+    raw.to_csv(runs_csv, index=False)
     table = summarise(raw, args.baseline, after_commit)
     args.out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out_csv, table.to_csv(index=False))
