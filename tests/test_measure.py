@@ -138,6 +138,7 @@ def test_maxbatch_under_a_tiny_budget_records_failed_probes(tmp_path):
     result = json.loads(out.read_text())
     assert result["kind"] == "maxbatch" and result["max_batch_size"] == 0
     assert result["config"]["memory_budget_bytes"] == 1024**2
+    assert result["environment"]["threads"] == 1  # the probes' threads, not the searching process's
     assert [p["batch_size"] for p in result["probes"]] == [1]
     for p in result["probes"]:
         assert p == {"batch_size": p["batch_size"], "ok": False, "peak_memory_bytes": p["peak_memory_bytes"],

@@ -59,5 +59,7 @@ def maxbatch_result(config: BenchConfig, memory_budget_bytes: int, start: int, l
         "max_batch_size": found.max_batch_size,
         "probes": [p.as_dict() for p in found.probes],
         "memory_method": CPU_METHOD if torch.device(config.device).type == "cpu" else CUDA_METHOD,
-        "environment": environment(config.device, config.dtype, config.seed),
+        # recorded here, in the searching process: the threads are those of the probes, not its own
+        "environment": {**environment(config.device, config.dtype, config.seed),
+                        **({"threads": config.threads} if config.threads else {})},
     }
