@@ -1,7 +1,7 @@
 # dpbench: DP-SGD clipping algorithms benchmarked end to end.
 #   snakemake --cores 2                                            the embedded CPU default (minutes)
 #   snakemake --profile slurm --configfile config/paper.yaml       the paper's GPU sweep on a SLURM cluster
-# See docs/pipeline.md.
+# See README.md ("The pipeline").
 
 from snakemake.utils import min_version
 
