@@ -40,7 +40,8 @@ from dpbench.clipping import ALGORITHMS  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
 PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32",
-         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 64 --algorithms nonprivate mixed_ghost bk_mixed"]
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 64 --algorithms nonprivate mixed_ghost bk_mixed",
+         ".venv/bin/python scripts/perf_before_after.py --models vgg11 --batch-sizes 32 --rounds 3"]
 BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
 
 
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "perf_before_after")
     p.add_argument("--out-csv", type=Path, default=ROOT / "paper" / "perf_before_after.csv")
     p.add_argument("--out-md", type=Path, default=ROOT / "paper" / "perf_before_after.md")
+    p.add_argument("--report-only", action="store_true", help="measure nothing: rebuild from results-dir/runs.csv")
     return p.parse_args(argv)
 
 
@@ -120,7 +122,8 @@ def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFra
     ok = raw[raw["status"] == "ok"].copy()
     ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
     med = ok.groupby(["model", "batch_size", "algorithm", "engine"]).agg(
-        img_per_cpu_s=("img_per_cpu_s", "median"), step_memory_bytes=("step_memory_bytes", "median")).reset_index()
+        img_per_cpu_s=("img_per_cpu_s", "median"), step_memory_bytes=("step_memory_bytes", "median"),
+        runs=("img_per_cpu_s", "size")).reset_index()
     rows = []
     for (model, batch, algorithm), g in med.groupby(["model", "batch_size", "algorithm"], sort=False):
         by = {e: r for e, r in zip(g["engine"], g.to_dict("records"))}
@@ -130,7 +133,8 @@ def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFra
                      "speedup": (a["img_per_cpu_s"] / b["img_per_cpu_s"]) if a and b else None,
                      "before_step_memory_bytes": b and b["step_memory_bytes"],
                      "after_step_memory_bytes": a and a["step_memory_bytes"],
-                     "before_commit": baseline, "after_commit": after_commit})
+                     "before_commit": baseline, "after_commit": after_commit,
+                     "before_runs": b and b["runs"], "after_runs": a and a["runs"]})
     order = {name: i for i, name in enumerate(ALGORITHMS)}
     table = pd.DataFrame(rows)
     return table.sort_values(["model", "batch_size", "algorithm"], key=lambda c: c.map(order) if c.name == "algorithm" else c)
@@ -140,18 +144,24 @@ def markdown(table: pd.DataFrame, args, env: dict, started: str) -> str:
     lines = [f"# Engine before / after issue 6 (CPU, 1 thread per run)", "",
              f"Measured {started} on {env['device_name']} ({os.cpu_count()} cores), torch {env['torch']}; "
              f"before = engine of `{args.baseline}`, after = `{table['after_commit'].iloc[0]}`; "
-             f"{args.rounds} rounds of {args.warmup} warm-up + {args.steps} timed steps per run, each run a fresh "
-             f"process, two at a time. Commands (the table was built in these parts):", "",
+             f"{args.warmup} warm-up + {args.steps} timed steps per run (`runs`: how many, alternating), each run a "
+             f"fresh process, two at a time. Commands (the table was built in these parts):", "",
              *[f"    {c}" for c in PARTS], "",
              "Throughput = images per CPU-second of the step (median over rounds); memory = growth of one step "
              "over the memory in use before it (`step_memory_bytes`).", ""]
+    if args.baseline == BASELINE:
+        lines += ["`nonprivate` differs because the baseline still drew Gaussian noise for it (`add_noise` became "
+                  "a no-op for plain training in 5e0240c): N(0, σ²) for every parameter costs ~45 ms for VGG11's "
+                  "9.2M and ~55 ms for ResNet18's 11.2M on this CPU.", ""]
     view = table.assign(
         before=table["before_img_per_cpu_s"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "n/a"),
         after=table["after_img_per_cpu_s"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "n/a"),
         speedup=table["speedup"].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "n/a"),
         mem_before=table["before_step_memory_bytes"].map(lambda v: f"{v / 2**20:.0f} MiB" if pd.notna(v) else "n/a"),
         mem_after=table["after_step_memory_bytes"].map(lambda v: f"{v / 2**20:.0f} MiB" if pd.notna(v) else "n/a"))
-    lines += [view[["model", "batch_size", "algorithm", "before", "after", "speedup", "mem_before", "mem_after"]]
+    view["runs"] = [f"{b:.0f} / {a:.0f}" if pd.notna(b) and pd.notna(a) else "n/a"
+                    for b, a in zip(table["before_runs"], table["after_runs"])]
+    lines += [view[["model", "batch_size", "algorithm", "before", "after", "speedup", "mem_before", "mem_after", "runs"]]
               .to_markdown(index=False), ""]
     after = table.set_index(["model", "batch_size", "algorithm"])
     ratio_rows = []
@@ -174,16 +184,21 @@ def main(argv=None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     after_commit = git("rev-parse", "--short=7", "HEAD") + ("-dirty" if git("status", "--porcelain", "dpbench") else "")
-    with tempfile.TemporaryDirectory(prefix="dpbench-baseline-") as tmp:
-        overlay = overlay_with_baseline_engine(args.baseline, Path(tmp))
-        raw = measure(args, overlay)
     runs_csv = args.results_dir / "runs.csv"
+    if args.report_only:
+        raw = pd.DataFrame(columns=["model", "batch_size", "algorithm"])
+    else:
+        with tempfile.TemporaryDirectory(prefix="dpbench-baseline-") as tmp:
+            overlay = overlay_with_baseline_engine(args.baseline, Path(tmp))
+            raw = measure(args, overlay)
     if runs_csv.exists():  # runs of other configurations measured by earlier invocations are kept
         earlier = pd.read_csv(runs_csv)
         keys = set(zip(raw["model"], raw["batch_size"], raw["algorithm"]))
         earlier = earlier[[k not in keys for k in zip(earlier["model"], earlier["batch_size"], earlier["algorithm"])]]
         raw = pd.concat([earlier, raw], ignore_index=True)
     raw.to_csv(runs_csv, index=False)
+    measured_at = raw.loc[(raw["engine"] == "after") & raw["commit"].notna(), "commit"] if "commit" in raw else []
+    after_commit = ", ".join(sorted({c[:7] + ("-dirty" if c.endswith("dirty") else "") for c in measured_at})) or after_commit
     table = summarise(raw, args.baseline, after_commit)
     args.out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out_csv, table.to_csv(index=False))

@@ -20,7 +20,9 @@ from dpbench.clipping.usage import ParameterUseCheck
 from dpbench.errors import DpbenchError
 
 
-CHUNK_ELEMENTS = 2 ** 20  # temporaries of one layer's norm computation may always use this many elements
+# temporaries of one layer's norm computation (4 MiB in float32): in the first backward of a two-pass
+# algorithm every activation is still alive, so anything above this adds to the step's peak memory
+CHUNK_ELEMENTS = 2 ** 20
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -188,13 +190,12 @@ class OwnBackend:
 
     def _chunks(self, rule: LayerRule, calls: list[Call], choice: str):
         """The calls in batch chunks whose temporaries (unfolded inputs, Gram matrices, per-sample
-        gradients) stay within max(CHUNK_ELEMENTS, the layer's output gradient) at a time. Book-keeping
-        keeps instantiated gradients anyway, so it is not chunked for them."""
+        gradients and the convolution library's copies) stay within CHUNK_ELEMENTS at a time.
+        Book-keeping keeps instantiated gradients anyway, so it is not chunked for them."""
         B = self._norm_sq.shape[0]
         if choice == INSTANTIATE and self.algorithm.sums == "bookkeeping":
             return [calls]
-        budget = max(CHUNK_ELEMENTS, sum(g.numel() for c in calls for g in c.grads if g is not None))
-        size = max(1, budget // max(1, rule.working_space(calls, choice)))
+        size = max(1, CHUNK_ELEMENTS // max(1, rule.working_space(calls, choice)))
         if size >= B:
             return [calls]
         return [batch_slice(calls, slice(i, min(i + size, B)), B) for i in range(0, B, size)]

@@ -20,6 +20,10 @@ class _AffineNormRule(LayerRule):
         """Sum a [B, ...] tensor down to [B, *param.shape]."""
         raise NotImplementedError
 
+    def working_space(self, calls, choice):
+        """x̂ and g·x̂ are input-sized per sample."""
+        return 2 * sum(c.args[0][0].numel() for c in calls) + sum(p.numel() for p in self.params.values())
+
     def instantiate(self, calls):
         out = {}
         for c in calls:
