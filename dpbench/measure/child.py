@@ -110,8 +110,11 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
         if memory_budget_bytes:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
-    import dpbench.clipping  # noqa: F401  (imports belong to the baseline, not to the step)
+    from dpbench.clipping import ALGORITHMS  # imports belong to the baseline, not to the step
     import dpbench.models  # noqa: F401
+
+    if config.algorithm in ALGORITHMS and ALGORITHMS[config.algorithm].backend == "opacus":
+        import opacus.grad_sample  # noqa: F401  (the engine imports it lazily: ~100 MiB that is not the step's)
 
     baseline = current_rss_bytes()
     peak_reset = reset_peak_rss()

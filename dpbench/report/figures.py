@@ -72,11 +72,14 @@ def figure3(maxbatch: pd.DataFrame) -> plt.Figure:
     data, hue_order, colours = _labelled(maxbatch)
     data["Configuration"] = _config_label(data)
     budgets = sorted({f"{b:.3g} GB" for b in data["memory_budget_gb"].dropna()}) or ["device memory"]
+    if len(budgets) > 1:  # say under each configuration which budget it had
+        data["Configuration"] += data["memory_budget_gb"].map(lambda b: f"\n{b:.3g} GB" if pd.notna(b) else "")
     _bars(left, data, "max_batch_size", hue_order, colours, "maximum batch size",
-          f"Maximum batch size within {', '.join(budgets)}")
-    if data["throughput_at_max_img_s"].notna().any():
-        _bars(right, data.fillna({"throughput_at_max_img_s": 0}), "throughput_at_max_img_s", hue_order, colours,
-              "throughput (images/s)", "Throughput at the maximum batch size")
+          f"Maximum batch size within {budgets[0]}" if len(budgets) == 1 else "Maximum batch size within the memory budget")
+    measured = data.groupby("Configuration")["throughput_at_max_img_s"].transform(lambda v: v.notna().any())
+    if measured.any():  # configurations whose throughput was not measured are left out, not drawn as 0
+        _bars(right, data[measured].fillna({"throughput_at_max_img_s": 0}), "throughput_at_max_img_s", hue_order,
+              colours, "throughput (images/s)", "Throughput at the maximum batch size")
         right.get_legend().remove()
     else:
         _empty(right, "throughput at the maximum batch size not measured")
