@@ -279,7 +279,9 @@ def _targets_section(table: pd.DataFrame, maxbatch: pd.DataFrame) -> str:
         "Each ratio divides by `nonprivate` of the same model, input, batch size and device in this run. "
         "Issue 6 states the throughput and memory targets for vgg11 and resnet18 at 32×32, batch 32 and 64 "
         "on a CPU, and resnet18, vgg16 and vit_small at batch 256 on a GPU; the other configurations of "
-        "this run are held to the same thresholds for comparison.",
+        "this run are held to the same thresholds for comparison. One run per configuration scatters by "
+        "about ±15% on a shared CPU: the alternating runs of `paper/perf_before_after.md` are steadier, and "
+        "`paper/performance_limits.md` explains, with profile evidence, the targets that are not met.",
         "",
     ]
     rows = target_rows(table)
