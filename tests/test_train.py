@@ -56,8 +56,10 @@ def test_shuffled_batches_are_labelled_as_not_matching_the_accountant(tmp_path):
 def test_loader_workers_give_the_same_run(tmp_path):
     in_process = train(digits_config(tmp_path / "a"))
     with_workers = train(digits_config(tmp_path / "b", num_workers=1))
+    # same batches, same noise: equal up to float rounding (BLAS kernels may round differently with the
+    # buffers' alignment, which depends on the allocation history of the process)
     for key in ["train_loss", "train_accuracy", "test_loss", "test_accuracy"]:
-        assert with_workers["history"][-1][key] == in_process["history"][-1][key], key
+        assert with_workers["history"][-1][key] == pytest.approx(in_process["history"][-1][key], rel=1e-6), key
 
 
 def test_training_subset_sets_the_sampling_rate(tmp_path):
