@@ -388,7 +388,8 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
                 eps_refreshed = time.perf_counter()
                 eps_shown = spent()
                 eps_cost = time.perf_counter() - eps_refreshed
-            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}")
+            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}",
+                            refresh=False)  # shown at the bar's own interval
         bar.close()
         test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, device, autocast)
         if device.type == "cuda":
