@@ -43,7 +43,8 @@ PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32",
          ".venv/bin/python scripts/perf_before_after.py --batch-sizes 64 --algorithms nonprivate mixed_ghost bk_mixed",
          ".venv/bin/python scripts/perf_before_after.py --models vgg11 --batch-sizes 32 --rounds 3",
          ".venv/bin/python scripts/perf_before_after.py --models resnet18 --batch-sizes 32 64 "
-         "--algorithms nonprivate mixed_ghost bk_mixed  # the final engine's memory chunking"]
+         "--algorithms nonprivate mixed_ghost bk_mixed  # the final engine's memory chunking",
+         ".venv/bin/python scripts/perf_before_after.py --models vgg11 --batch-sizes 32 --algorithms per_sample --rounds 3"]
 BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
 
 

@@ -165,8 +165,8 @@ class ConvRule(LayerRule):
             s = self.shape(calls)
             if unfold_is_faster(s.T, s.d):
                 a, g = self._stacked(calls)
-                w = torch.matmul(a, g.transpose(2, 3)).transpose(2, 3)  # [B, groups, p, d]; A·Gᵀ: the
-                out["weight"] = w.reshape(w.shape[0], *self.module.weight.shape)  # faster order for small T
+                w = torch.matmul(g, a.transpose(2, 3))  # [B, groups, p, d], contiguous: kept by book-keeping
+                out["weight"] = w.reshape(w.shape[0], *self.module.weight.shape)
             else:
                 out["weight"] = sum(per_sample_weight_grad(self.module, c.args[0], c.grads[0]) for c in calls)
         if "bias" in self.params:
