@@ -24,26 +24,21 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from dpbench.clipping import replace_batchnorm
-    from dpbench.errors import DpbenchError
     from dpbench.measure.branches import branch_times
-    from dpbench.models import create_model, default_image_size
+    from dpbench.measure.child import build
+    from dpbench.measure.config import BenchConfig
+    from dpbench.models import default_image_size
     from dpbench.results import environment, write_json_atomic
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise DpbenchError(f"bad --device {args.device!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DpbenchError("--device cuda but no CUDA device is available")
+    config = BenchConfig(algorithm="nonprivate", model=args.model, batch_size=args.batch_size,
+                         image_size=args.image_size, num_classes=args.num_classes, device=args.device,
+                         threads=args.threads, seed=args.seed).validate()
+    size = config.image_size or default_image_size(config.model)  # also rejects an unknown model
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = args.image_size or default_image_size(args.model)
-    torch.manual_seed(args.seed)
-    model = create_model(args.model, num_classes=args.num_classes, image_size=size, in_channels=3)
-    model = replace_batchnorm(model).to(device)
-    x = torch.randn(args.batch_size, 3, size, size, device=device)  # synthetic RGB, as `dpbench bench`
-    y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    # the bench's model and synthetic batch; a plain engine (no hooks) that branch_times replaces
+    model, engine, _, x, y, _ = build(config, torch.device(config.device))
+    engine.detach()
     rows = branch_times(model, x, y, args.repeats)
     agree = sum(r["rules_agree"] for r in rows)
     result = {"kind": "branches", "config": {"model": args.model, "batch_size": args.batch_size, "image_size": size,

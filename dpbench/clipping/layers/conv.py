@@ -76,12 +76,10 @@ def patch_gram(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
 
 
 def padded_positions(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> int:
-    """N: positions of an input of this spatial shape once padded."""
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        pad = conv._reversed_padding_repeated_twice
-        widths = [pad[2 * i] + pad[2 * i + 1] for i in range(len(spatial))][::-1]
-    else:
-        widths = [2 * p for p in conv.padding]
+    """N: positions of an input of this spatial shape once padded (every padding form sets the
+    module's `_reversed_padding_repeated_twice`: last dimension first, left then right)."""
+    pad = conv._reversed_padding_repeated_twice
+    widths = [pad[2 * i] + pad[2 * i + 1] for i in range(len(spatial))][::-1]
     return math.prod(n + w for n, w in zip(spatial, widths))
 
 
@@ -176,22 +174,22 @@ class ConvRule(LayerRule):
     def ghost_norm_sq(self, calls):
         total = 0
         if "weight" in self.params:
-            if self._pixel_gram(calls):
-                aa = patch_gram(self.module, calls[0].args[0])
-                g = grouped_grad_output(self.module, calls[0].grads[0])
-            else:
-                a, g = self._stacked(calls)
-                if a.shape[3] == 1:
-                    aa = None
-                    total = (a.pow(2).sum((2, 3)) * g.pow(2).sum((2, 3))).sum(1)
-                else:
-                    aa = torch.matmul(a.transpose(2, 3), a)
-            if aa is not None:
-                gg = torch.matmul(g.transpose(2, 3), g)
-                total = (aa * gg).sum((1, 2, 3))
+            total = self._weight_norm_sq(calls)
         if "bias" in self.params:
             total = total + self._bias_grads(calls).pow(2).sum(1)
         return total
+
+    def _weight_norm_sq(self, calls: list[Call]) -> torch.Tensor:
+        """⟨A Aᵀ, G Gᵀ⟩ summed over groups, A Aᵀ from the pixel Gram or from the unfolded input."""
+        if self._pixel_gram(calls):
+            aa = patch_gram(self.module, calls[0].args[0])
+            g = grouped_grad_output(self.module, calls[0].grads[0])
+        else:
+            a, g = self._stacked(calls)
+            if a.shape[3] == 1:  # one position: ‖a‖²·‖g‖², no Gram matrices
+                return (a.pow(2).sum((2, 3)) * g.pow(2).sum((2, 3))).sum(1)
+            aa = torch.matmul(a.transpose(2, 3), a)
+        return (aa * torch.matmul(g.transpose(2, 3), g)).sum((1, 2, 3))
 
     def clipped_sum(self, calls, coef):
         conv = self.module
