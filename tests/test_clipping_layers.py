@@ -116,6 +116,40 @@ def test_conv_ghost_norms_are_exact_by_either_gram(seed, pixel_gram, monkeypatch
     run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=["ghost", "bk_ghost"])
 
 
+@pytest.mark.parametrize("route", [conv_rules.LOOP, conv_rules.UNFOLD, conv_rules.GROUPED])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv_instantiation_is_exact_by_every_route(seed, route, monkeypatch):
+    monkeypatch.setattr(conv_rules, "instantiation_route", lambda device_type, shape: route)
+    rng = random.Random(seed * 7121 + 5)
+    torch.manual_seed(seed)
+    layer, x = random_conv(rng)
+    run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=["per_sample", "fastgradclip"])
+
+
+@pytest.mark.parametrize("unfolded", [True, False], ids=["unfold-matmul", "weight-backward"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_book_kept_conv_sums_are_exact_by_either_weight_gradient(seed, unfolded, monkeypatch):
+    monkeypatch.setattr(conv_rules, "unfolded_weight_grad_is_faster", lambda device_type, g: unfolded)
+    rng = random.Random(seed * 3253 + 11)
+    torch.manual_seed(seed)
+    layer, x = random_conv(rng)
+    run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=["bk_ghost"])
+
+
+def test_conv_routes_follow_the_measured_rules():
+    """Loop on CPU for ≥ 4M multiply-adds per sample, unfold for 8T < d, else grouped; the unfolded
+    book-kept weight gradient on CPU at ≤ 16 positions; other devices keep the library's kernels."""
+    big, small = conv_rules.LayerShape(256, 576, 128), conv_rules.LayerShape(64, 27, 64)
+    assert conv_rules.instantiation_route("cpu", big) == conv_rules.LOOP
+    assert conv_rules.instantiation_route("cuda", big) == conv_rules.GROUPED
+    assert conv_rules.instantiation_route("cpu", small) == conv_rules.GROUPED
+    assert conv_rules.instantiation_route("cpu", conv_rules.LayerShape(4, 64, 8)) == conv_rules.UNFOLD
+    g4, g64 = torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 8, 8)
+    assert conv_rules.unfolded_weight_grad_is_faster("cpu", g4)
+    assert not conv_rules.unfolded_weight_grad_is_faster("cpu", g64)
+    assert not conv_rules.unfolded_weight_grad_is_faster("cuda", g4)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_embedding_matches_oracle(seed):
     rng = random.Random(seed)
