@@ -116,24 +116,21 @@ def test_conv_ghost_norms_are_exact_by_either_gram(seed, pixel_gram, monkeypatch
     run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=["ghost", "bk_ghost"])
 
 
-@pytest.mark.parametrize("route", [conv_rules.LOOP, conv_rules.UNFOLD, conv_rules.GROUPED])
+ROUTES = [("instantiation_route", route, ["per_sample", "fastgradclip"])
+          for route in (conv_rules.LOOP, conv_rules.UNFOLD, conv_rules.GROUPED)]
+ROUTES += [("unfolded_weight_grad_is_faster", unfolded, ["bk_ghost"]) for unfolded in (True, False)]
+
+
+@pytest.mark.parametrize("rule, forced, algorithms", ROUTES, ids=lambda v: str(v) if not isinstance(v, list) else "")
 @pytest.mark.parametrize("seed", SEEDS)
-def test_conv_instantiation_is_exact_by_every_route(seed, route, monkeypatch):
-    monkeypatch.setattr(conv_rules, "instantiation_route", lambda device_type, shape: route)
+def test_conv_is_exact_by_every_route(seed, rule, forced, algorithms, monkeypatch):
+    """Per-sample instantiation (loop / unfold / grouped) and the book-kept weight sum (unfold+matmul /
+    weight backward), each forced on random convolutions."""
+    monkeypatch.setattr(conv_rules, rule, lambda *args: forced)
     rng = random.Random(seed * 7121 + 5)
     torch.manual_seed(seed)
     layer, x = random_conv(rng)
-    run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=["per_sample", "fastgradclip"])
-
-
-@pytest.mark.parametrize("unfolded", [True, False], ids=["unfold-matmul", "weight-backward"])
-@pytest.mark.parametrize("seed", SEEDS)
-def test_book_kept_conv_sums_are_exact_by_either_weight_gradient(seed, unfolded, monkeypatch):
-    monkeypatch.setattr(conv_rules, "unfolded_weight_grad_is_faster", lambda device_type, g: unfolded)
-    rng = random.Random(seed * 3253 + 11)
-    torch.manual_seed(seed)
-    layer, x = random_conv(rng)
-    run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=["bk_ghost"])
+    run_all(nn.Sequential(layer, nn.Tanh()), x, algorithms=algorithms)
 
 
 def test_conv_routes_follow_the_measured_rules():
