@@ -37,11 +37,12 @@ def _zero_padded(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor
 
 def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """Unfolded input [B, groups, d, T] with d = C_in/groups·∏kernel in the weight's order."""
-    x = _zero_padded(conv, x)
     B, C, nd, groups = x.shape[0], x.shape[1], len(conv.kernel_size), conv.groups
-    if nd == 2:  # im2col: about twice as fast as the strided copy below
-        cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    if nd == 2:  # im2col (zero padding inside: 2x faster than padding first), 2x faster than the copy below
+        x, padding = padded_input(conv, x)
+        cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
         return cols.view(B, groups, -1, cols.shape[-1])
+    x = _zero_padded(conv, x)
     for i, (k, s, dil) in enumerate(zip(conv.kernel_size, conv.stride, conv.dilation)):
         x = x.unfold(2 + i, dil * (k - 1) + 1, s)
     if any(dil > 1 for dil in conv.dilation):
