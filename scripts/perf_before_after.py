@@ -39,12 +39,13 @@ sys.path.insert(0, str(ROOT))
 from dpbench.clipping import ALGORITHMS  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
-PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32",
-         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 64 --algorithms nonprivate mixed_ghost bk_mixed",
-         ".venv/bin/python scripts/perf_before_after.py --models vgg11 --batch-sizes 32 --rounds 3",
-         ".venv/bin/python scripts/perf_before_after.py --models resnet18 --batch-sizes 32 64 "
-         "--algorithms nonprivate mixed_ghost bk_mixed  # the final engine's memory chunking",
-         ".venv/bin/python scripts/perf_before_after.py --models vgg11 --batch-sizes 32 --algorithms per_sample --rounds 3"]
+PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32  # opacus, opacus_ghost",
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 --algorithms per_sample fastgradclip ghost "
+         "bk_ghost --rounds 2 --jobs 2",
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 64 --algorithms nonprivate mixed_ghost bk_mixed "
+         "--rounds 3 --jobs 1",
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 64 --algorithms nonprivate mixed_ghost bk_mixed "
+         "--rounds 6 --jobs 1 --engines after  # more rounds for the ratios"]
 BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
 
 
@@ -58,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
+    p.add_argument("--engines", choices=["both", "after"], default="both",
+                   help="'after': only the working tree's engine (more rounds for the ratios to nonprivate)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "perf_before_after")
     p.add_argument("--out-csv", type=Path, default=ROOT / "paper" / "perf_before_after.csv")
     p.add_argument("--out-md", type=Path, default=ROOT / "paper" / "perf_before_after.md")
@@ -91,7 +94,8 @@ def run_one(args, engine: str, pythonpath: str | None, algorithm: str, model: st
         env["PYTHONPATH"] = pythonpath
     # `python -m` puts the working directory first on sys.path: run "before" from inside the overlay
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=pythonpath or ROOT)
-    row = {"model": model, "batch_size": batch, "algorithm": algorithm, "engine": engine, "round": rnd}
+    row = {"model": model, "batch_size": batch, "algorithm": algorithm, "engine": engine, "round": rnd,
+           "invocation": args.invocation, "jobs": args.jobs}
     if done.returncode != 0 or not out.exists():
         return {**row, "status": f"error: {done.stderr.strip().splitlines()[-1:]}"}
     result = json.loads(out.read_text())
@@ -109,7 +113,8 @@ def measure(args, overlay: Path) -> pd.DataFrame:
             for rnd in range(args.rounds):
                 shift = rnd % len(args.algorithms)
                 for algorithm in args.algorithms[shift:] + args.algorithms[:shift]:
-                    for engine in (("before", "after") if rnd % 2 == 0 else ("after", "before")):
+                    engines = ("before", "after") if rnd % 2 == 0 else ("after", "before")
+                    for engine in (engines if args.engines == "both" else ("after",)):
                         jobs.append((engine, str(overlay) if engine == "before" else None, algorithm, model, batch, rnd))
     rows = []
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -143,12 +148,44 @@ def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFra
     return table.sort_values(["model", "batch_size", "algorithm"], key=lambda c: c.map(order) if c.name == "algorithm" else c)
 
 
-def markdown(table: pd.DataFrame, args, env: dict, started: str) -> str:
+def paired_ratios(raw: pd.DataFrame) -> pd.DataFrame:
+    """The working tree's throughput and step memory ÷ nonprivate's. Throughput is paired within a round of
+    one invocation (median of those ratios, their range, how many); a configuration without such pairs
+    (measured in another part than nonprivate) falls back to median ÷ median, marked 'unpaired'."""
+    ok = raw[(raw["status"] == "ok") & (raw["engine"] == "after")].copy()
+    ok["invocation"] = ok["invocation"].fillna("earlier") if "invocation" in ok else "earlier"
+    ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
+    keys = ["model", "batch_size", "invocation", "round"]
+    base = ok[ok["algorithm"] == "nonprivate"].set_index(keys)["img_per_cpu_s"]
+    paired = ok.join(base.rename("nonprivate_img_per_cpu_s"), on=keys)
+    paired["ratio"] = paired["img_per_cpu_s"] / paired["nonprivate_img_per_cpu_s"]
+    medians = ok.groupby(["model", "batch_size", "algorithm"])[["img_per_cpu_s", "step_memory_bytes"]].median()
+    rows = []
+    for (model, batch, algorithm), g in paired.groupby(["model", "batch_size", "algorithm"]):
+        if (model, batch, "nonprivate") not in medians.index:
+            continue
+        base_median = medians.loc[(model, batch, "nonprivate")]
+        ratios = g["ratio"].dropna()
+        row = {"model": model, "batch_size": batch, "algorithm": algorithm,
+               "memory_ratio": medians.loc[(model, batch, algorithm), "step_memory_bytes"] / base_median["step_memory_bytes"]}
+        if len(ratios):
+            row.update(throughput_ratio=ratios.median(), spread=f"{ratios.min():.2f}–{ratios.max():.2f}", rounds=len(ratios))
+        else:
+            row.update(throughput_ratio=medians.loc[(model, batch, algorithm), "img_per_cpu_s"] / base_median["img_per_cpu_s"],
+                       spread="unpaired", rounds=len(g))
+        rows.append(row)
+    order = {name: i for i, name in enumerate(ALGORITHMS)}
+    table = pd.DataFrame(rows)
+    return table.sort_values(["model", "batch_size", "algorithm"], key=lambda c: c.map(order) if c.name == "algorithm" else c)
+
+
+def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started: str) -> str:
     lines = [f"# Engine before / after issue 6 (CPU, 1 thread per run)", "",
              f"Measured {started} on {env['device_name']} ({os.cpu_count()} cores), torch {env['torch']}; "
              f"before = engine of `{args.baseline}`, after = `{table['after_commit'].iloc[0]}`; "
              f"{args.warmup} warm-up + {args.steps} timed steps per run (`runs`: how many, alternating), each run a "
-             f"fresh process, two at a time. Commands (the table was built in these parts):", "",
+             f"fresh process, one or two at a time (`--jobs`). Commands (the table was built in these parts; a part "
+             f"replaces the earlier runs of the engines and configurations it measures):", "",
              *[f"    {c}" for c in PARTS], "",
              "Throughput = images per CPU-second of the step (median over rounds); memory = growth of one step "
              "over the memory in use before it (`step_memory_bytes`).", ""]
@@ -166,21 +203,16 @@ def markdown(table: pd.DataFrame, args, env: dict, started: str) -> str:
                     for b, a in zip(table["before_runs"], table["after_runs"])]
     lines += [view[["model", "batch_size", "algorithm", "before", "after", "speedup", "mem_before", "mem_after", "runs"]]
               .to_markdown(index=False), ""]
-    after = table.set_index(["model", "batch_size", "algorithm"])
-    ratio_rows = []
-    for (model, batch), g in table.groupby(["model", "batch_size"], sort=False):
-        base = after.loc[(model, batch, "nonprivate")] if (model, batch, "nonprivate") in after.index else None
-        if base is None:
-            continue
-        for algorithm in g["algorithm"]:
-            r = after.loc[(model, batch, algorithm)]
-            ratio_rows.append({"model": model, "batch_size": batch, "algorithm": algorithm,
-                               "throughput ÷ nonprivate": f"{r['after_img_per_cpu_s'] / base['after_img_per_cpu_s']:.2f}",
-                               "step memory ÷ nonprivate": f"{r['after_step_memory_bytes'] / base['after_step_memory_bytes']:.2f}"
-                               if pd.notna(r["after_step_memory_bytes"]) else "n/a"})
+    ratio_rows = [{"model": r.model, "batch_size": r.batch_size, "algorithm": r.algorithm,
+                   "throughput ÷ nonprivate": f"{r.throughput_ratio:.2f}",
+                   "range over rounds": r.spread, "rounds": r.rounds,
+                   "step memory ÷ nonprivate": f"{r.memory_ratio:.2f}" if pd.notna(r.memory_ratio) else "n/a"}
+                  for r in ratios.itertuples()]
     lines += ["## After: ratios to nonprivate", "",
-              "Each ratio divides by the `nonprivate` row of the same model and batch size. Rows measured in "
-              "different parts (the commands above) compare runs taken minutes apart, with that run-to-run spread.", "",
+              "Throughput: the median over rounds of the ratio within a round (the algorithm's run and the "
+              "`nonprivate` run of the same model, batch size, part and round, taken minutes apart at most), with "
+              "the range of those ratios ('unpaired': measured in another part than `nonprivate`, median ÷ median). "
+              "Step memory: median memory ÷ median memory.", "",
               pd.DataFrame(ratio_rows).to_markdown(index=False), ""]
     return "\n".join(lines)
 
@@ -189,18 +221,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    args.invocation = started
     after_commit = git("rev-parse", "--short=7", "HEAD") + ("-dirty" if git("status", "--porcelain", "dpbench") else "")
     runs_csv = args.results_dir / "runs.csv"
     if args.report_only:
-        raw = pd.DataFrame(columns=["model", "batch_size", "algorithm"])
+        raw = pd.DataFrame(columns=["model", "batch_size", "algorithm", "engine"])
     else:
         with tempfile.TemporaryDirectory(prefix="dpbench-baseline-") as tmp:
             overlay = overlay_with_baseline_engine(args.baseline, Path(tmp))
             raw = measure(args, overlay)
     if runs_csv.exists():  # runs of other configurations measured by earlier invocations are kept
         earlier = pd.read_csv(runs_csv)
-        keys = set(zip(raw["model"], raw["batch_size"], raw["algorithm"]))
-        earlier = earlier[[k not in keys for k in zip(earlier["model"], earlier["batch_size"], earlier["algorithm"])]]
+        columns = ["model", "batch_size", "algorithm", "engine"]
+        keys = set(zip(*(raw[c] for c in columns)))
+        earlier = earlier[[k not in keys for k in zip(*(earlier[c] for c in columns))]]
         raw = pd.concat([earlier, raw], ignore_index=True)
     raw.to_csv(runs_csv, index=False)
     measured_at = raw.loc[(raw["engine"] == "after") & raw["commit"].notna(), "commit"] if "commit" in raw else []
@@ -208,7 +242,7 @@ def main(argv=None) -> int:
     table = summarise(raw, args.baseline, after_commit)
     args.out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out_csv, table.to_csv(index=False))
-    write_text_atomic(args.out_md, markdown(table, args, environment("cpu", "float32", 0), started))
+    write_text_atomic(args.out_md, markdown(table, paired_ratios(raw), args, environment("cpu", "float32", 0), started))
     print(f"wrote {args.out_csv} and {args.out_md}")
     return 0
 
