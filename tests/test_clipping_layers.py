@@ -134,13 +134,13 @@ def test_conv_is_exact_by_every_route(seed, rule, forced, algorithms, monkeypatc
 
 
 def test_conv_routes_follow_the_measured_rules():
-    """Loop on CPU for ≥ 4M multiply-adds per sample, unfold for 8T < d, else grouped; the unfolded
-    book-kept weight gradient on CPU at ≤ 16 positions; other devices keep the library's kernels."""
-    big, small = conv_rules.LayerShape(256, 576, 128), conv_rules.LayerShape(64, 27, 64)
+    """Unfold for 8T < d, else the loop on CPU for ≥ 2^25 multiply-adds per sample, else grouped; the
+    unfolded book-kept weight gradient on CPU at ≤ 16 positions; other devices keep the library's."""
+    big, small = conv_rules.LayerShape(256, 1152, 128), conv_rules.LayerShape(256, 576, 128)
     assert conv_rules.instantiation_route("cpu", big) == conv_rules.LOOP
     assert conv_rules.instantiation_route("cuda", big) == conv_rules.GROUPED
     assert conv_rules.instantiation_route("cpu", small) == conv_rules.GROUPED
-    assert conv_rules.instantiation_route("cpu", conv_rules.LayerShape(4, 64, 8)) == conv_rules.UNFOLD
+    assert conv_rules.instantiation_route("cpu", conv_rules.LayerShape(16, 4608, 512)) == conv_rules.UNFOLD
     g4, g64 = torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 8, 8)
     assert conv_rules.unfolded_weight_grad_is_faster("cpu", g4)
     assert not conv_rules.unfolded_weight_grad_is_faster("cpu", g64)

@@ -113,20 +113,24 @@ LOOP, UNFOLD, GROUPED = "loop", "unfold", "grouped"
 
 
 def instantiation_route(device_type: str, s: LayerShape) -> str:
-    """How to form per-sample conv weight gradients, from CPU measurements at batch 32:
-    - LOOP, one weight backward per sample, on CPU once a sample costs ≥ 4M multiply-adds: oneDNN
-      runs a grouped convolution one small GEMM per group, the loop 1.3-2.5x faster at 16×16 and 8×8
-      and no slower at 32×32 (2x slower at ≤ 2.4M, where per-call overhead dominates);
-    - UNFOLD + matmul where `unfold_is_faster`;
+    """How to form per-sample conv weight gradients (`scripts/conv_routes.py` times all three):
+    - UNFOLD + matmul where `unfold_is_faster` (few positions against d);
+    - LOOP, one weight backward per sample, on CPU once a sample costs ≥ 2^25 multiply-adds: at
+      37.7M (CIFAR ResNet18's 64->64 at 32×32, 128->128 at 16×16) it beat oneDNN's grouped
+      convolution in 6 of 7 runs at batch 32/64 (by up to 1.45x), with no consistent winner at
+      18.9M; its library copies are one sample's, not the batch's;
     - GROUPED otherwise, and on other devices (the loop was not measured there)."""
-    if device_type == "cpu" and s.T * s.p * s.d * s.groups >= 4 * 2 ** 20:
+    if unfold_is_faster(s.T, s.d):
+        return UNFOLD
+    if device_type == "cpu" and s.T * s.p * s.d * s.groups >= 2 ** 25:
         return LOOP
-    return UNFOLD if unfold_is_faster(s.T, s.d) else GROUPED
+    return GROUPED
 
 
 def unfold_is_faster(T: int, d: int) -> bool:
-    """Unfold + matmul beats the grouped weight backward only for few positions against d
-    (measured on CPU: 2x faster at T=64, d=2304; 2-3x slower at T ≥ 256)."""
+    """Unfold + matmul beats both weight-backward routes for few positions against d (CPU, batch 32:
+    T=64, d=2304: 75-84 ms against the loop's 101-118 and grouped 139-144; T=16, d=4608: 153-158
+    against 302-306 and 395-473); 2-3x slower at T ≥ 256."""
     return 8 * T < d
 
 
