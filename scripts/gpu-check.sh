@@ -31,5 +31,7 @@ for alg in nonprivate mixed_ghost bk_mixed; do  # where the GPU time goes (issue
   timeout 60 python3 -m dpbench profile --device cuda --model resnet18 --image-size 32 --batch-size 256 \
     --warmup 3 --algorithm "$alg" --out "$OUT/profile_resnet18_b256_${alg}.json" 2>&1 | tail -12
 done
+# the conv routes per layer on CUDA (the rules in dpbench/clipping/layers/conv.py were set on CPU)
+timeout 90 python3 scripts/conv_routes.py --device cuda --batch-size 256 --repeats 3 2>&1 | tee "$OUT/conv_routes.txt"
 bench vit_small_patch16_224 224 256 nonprivate bk_mixed mixed_ghost opacus_ghost
 python3 scripts/summarise_bench.py /tmp/gpu-bench "$OUT/gpu_bench"
