@@ -39,13 +39,13 @@ sys.path.insert(0, str(ROOT))
 from dpbench.clipping import ALGORITHMS  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
-PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32  # opacus, opacus_ghost",
-         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 --algorithms per_sample fastgradclip ghost "
-         "bk_ghost --rounds 2 --jobs 2",
+PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32  # opacus and opacus_ghost rows",
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 --algorithms ghost bk_ghost --rounds 2",
+         ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 --algorithms per_sample fastgradclip --rounds 2",
          ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 64 --algorithms nonprivate mixed_ghost bk_mixed "
-         "--rounds 3 --jobs 1",
+         "--rounds 3",
          ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 64 --algorithms nonprivate mixed_ghost bk_mixed "
-         "--rounds 6 --jobs 1 --engines after  # more rounds for the ratios"]
+         "--rounds 6 --jobs 1 --engines after  # ratio-only: one run at a time"]
 BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
 
 
@@ -95,7 +95,7 @@ def run_one(args, engine: str, pythonpath: str | None, algorithm: str, model: st
     # `python -m` puts the working directory first on sys.path: run "before" from inside the overlay
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=pythonpath or ROOT)
     row = {"model": model, "batch_size": batch, "algorithm": algorithm, "engine": engine, "round": rnd,
-           "invocation": args.invocation, "jobs": args.jobs}
+           "invocation": args.invocation, "jobs": args.jobs, "ratio_only": args.engines == "after"}
     if done.returncode != 0 or not out.exists():
         return {**row, "status": f"error: {done.stderr.strip().splitlines()[-1:]}"}
     result = json.loads(out.read_text())
@@ -126,8 +126,9 @@ def measure(args, overlay: Path) -> pd.DataFrame:
 
 
 def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFrame:
-    """Median over rounds per (model, batch, algorithm, engine), before and after side by side."""
-    ok = raw[raw["status"] == "ok"].copy()
+    """Median over rounds per (model, batch, algorithm, engine), before and after side by side (runs of
+    parts that measured both engines only)."""
+    ok = raw[(raw["status"] == "ok") & ~raw["ratio_only"].astype(bool)].copy()
     ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
     med = ok.groupby(["model", "batch_size", "algorithm", "engine"]).agg(
         img_per_cpu_s=("img_per_cpu_s", "median"), step_memory_bytes=("step_memory_bytes", "median"),
@@ -149,34 +150,39 @@ def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFra
 
 
 def paired_ratios(raw: pd.DataFrame) -> pd.DataFrame:
-    """The working tree's throughput and step memory ÷ nonprivate's. Throughput is paired within a round of
-    one invocation (median of those ratios, their range, how many); a configuration without such pairs
-    (measured in another part than nonprivate) falls back to median ÷ median, marked 'unpaired'."""
+    """The working tree's throughput and step memory ÷ nonprivate's, per number of runs at a time (`jobs`).
+    Throughput is paired within a round of one invocation (median of those ratios, their range, how many);
+    a configuration without such pairs (measured in another part than nonprivate) falls back to median ÷
+    median, marked 'unpaired'."""
     ok = raw[(raw["status"] == "ok") & (raw["engine"] == "after")].copy()
     ok["invocation"] = ok["invocation"].fillna("earlier") if "invocation" in ok else "earlier"
+    ok["jobs"] = ok["jobs"].fillna(2).astype(int) if "jobs" in ok else 2
     ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
     keys = ["model", "batch_size", "invocation", "round"]
     base = ok[ok["algorithm"] == "nonprivate"].set_index(keys)["img_per_cpu_s"]
     paired = ok.join(base.rename("nonprivate_img_per_cpu_s"), on=keys)
     paired["ratio"] = paired["img_per_cpu_s"] / paired["nonprivate_img_per_cpu_s"]
-    medians = ok.groupby(["model", "batch_size", "algorithm"])[["img_per_cpu_s", "step_memory_bytes"]].median()
+    config = ["model", "batch_size", "jobs"]
+    medians = ok.groupby(config + ["algorithm"])[["img_per_cpu_s", "step_memory_bytes"]].median()
     rows = []
-    for (model, batch, algorithm), g in paired.groupby(["model", "batch_size", "algorithm"]):
-        if (model, batch, "nonprivate") not in medians.index:
+    for (model, batch, jobs, algorithm), g in paired.groupby(config + ["algorithm"]):
+        if (model, batch, jobs, "nonprivate") not in medians.index:
             continue
-        base_median = medians.loc[(model, batch, "nonprivate")]
+        base_median = medians.loc[(model, batch, jobs, "nonprivate")]
+        mine = medians.loc[(model, batch, jobs, algorithm)]
         ratios = g["ratio"].dropna()
-        row = {"model": model, "batch_size": batch, "algorithm": algorithm,
-               "memory_ratio": medians.loc[(model, batch, algorithm), "step_memory_bytes"] / base_median["step_memory_bytes"]}
+        row = {"model": model, "batch_size": batch, "jobs": jobs, "algorithm": algorithm,
+               "memory_ratio": mine["step_memory_bytes"] / base_median["step_memory_bytes"]}
         if len(ratios):
             row.update(throughput_ratio=ratios.median(), spread=f"{ratios.min():.2f}–{ratios.max():.2f}", rounds=len(ratios))
         else:
-            row.update(throughput_ratio=medians.loc[(model, batch, algorithm), "img_per_cpu_s"] / base_median["img_per_cpu_s"],
-                       spread="unpaired", rounds=len(g))
+            row.update(throughput_ratio=mine["img_per_cpu_s"] / base_median["img_per_cpu_s"], spread="unpaired",
+                       rounds=len(g))
         rows.append(row)
     order = {name: i for i, name in enumerate(ALGORITHMS)}
     table = pd.DataFrame(rows)
-    return table.sort_values(["model", "batch_size", "algorithm"], key=lambda c: c.map(order) if c.name == "algorithm" else c)
+    return table.sort_values(["model", "batch_size", "jobs", "algorithm"],
+                             key=lambda c: c.map(order) if c.name == "algorithm" else c)
 
 
 def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started: str) -> str:
@@ -185,7 +191,8 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
              f"before = engine of `{args.baseline}`, after = `{table['after_commit'].iloc[0]}`; "
              f"{args.warmup} warm-up + {args.steps} timed steps per run (`runs`: how many, alternating), each run a "
              f"fresh process, one or two at a time (`--jobs`). Commands (the table was built in these parts; a part "
-             f"replaces the earlier runs of the engines and configurations it measures):", "",
+             f"replaces the earlier runs of the configurations it measures, a ratio-only part (`--engines after`) "
+             f"only earlier ratio-only runs; this table uses the parts that measured both engines):", "",
              *[f"    {c}" for c in PARTS], "",
              "Throughput = images per CPU-second of the step (median over rounds); memory = growth of one step "
              "over the memory in use before it (`step_memory_bytes`).", ""]
@@ -203,7 +210,7 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
                     for b, a in zip(table["before_runs"], table["after_runs"])]
     lines += [view[["model", "batch_size", "algorithm", "before", "after", "speedup", "mem_before", "mem_after", "runs"]]
               .to_markdown(index=False), ""]
-    ratio_rows = [{"model": r.model, "batch_size": r.batch_size, "algorithm": r.algorithm,
+    ratio_rows = [{"model": r.model, "batch_size": r.batch_size, "runs at a time": r.jobs, "algorithm": r.algorithm,
                    "throughput ÷ nonprivate": f"{r.throughput_ratio:.2f}",
                    "range over rounds": r.spread, "rounds": r.rounds,
                    "step memory ÷ nonprivate": f"{r.memory_ratio:.2f}" if pd.notna(r.memory_ratio) else "n/a"}
@@ -212,7 +219,9 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
               "Throughput: the median over rounds of the ratio within a round (the algorithm's run and the "
               "`nonprivate` run of the same model, batch size, part and round, taken minutes apart at most), with "
               "the range of those ratios ('unpaired': measured in another part than `nonprivate`, median ÷ median). "
-              "Step memory: median memory ÷ median memory.", "",
+              "Step memory: median memory ÷ median memory. Separately for one and two runs at a time: on this "
+              "2-vCPU machine the ratios differ between the two (mostly lower with one run at a time) and spread "
+              "widely from round to round: read the range, not only the median.", "",
               pd.DataFrame(ratio_rows).to_markdown(index=False), ""]
     return "\n".join(lines)
 
@@ -230,11 +239,13 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="dpbench-baseline-") as tmp:
             overlay = overlay_with_baseline_engine(args.baseline, Path(tmp))
             raw = measure(args, overlay)
-    if runs_csv.exists():  # runs of other configurations measured by earlier invocations are kept
+    if runs_csv.exists():  # a part replaces the earlier runs of its kind (both engines / ratio-only) and configurations
         earlier = pd.read_csv(runs_csv)
-        columns = ["model", "batch_size", "algorithm", "engine"]
+        earlier["ratio_only"] = earlier.get("ratio_only", pd.Series(False, index=earlier.index)).fillna(False).astype(bool)
+        columns = ["model", "batch_size", "algorithm"]
         keys = set(zip(*(raw[c] for c in columns)))
-        earlier = earlier[[k not in keys for k in zip(*(earlier[c] for c in columns))]]
+        earlier = earlier[[k not in keys or ratio_only != (args.engines == "after")
+                           for k, ratio_only in zip(zip(*(earlier[c] for c in columns)), earlier["ratio_only"])]]
         raw = pd.concat([earlier, raw], ignore_index=True)
     raw.to_csv(runs_csv, index=False)
     measured_at = raw.loc[(raw["engine"] == "after") & raw["commit"].notna(), "commit"] if "commit" in raw else []
