@@ -127,9 +127,13 @@ def measure(args, overlay: Path) -> pd.DataFrame:
 
 def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFrame:
     """Median over rounds per (model, batch, algorithm, engine), before and after side by side (runs of
-    parts that measured both engines only)."""
+    parts that measured both engines only); speedup = median of after ÷ before within a round."""
     ok = raw[(raw["status"] == "ok") & ~raw["ratio_only"].astype(bool)].copy()
     ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
+    ok["invocation"] = ok["invocation"].fillna("earlier")
+    rounds = ok.pivot_table(index=["model", "batch_size", "algorithm", "invocation", "round"], columns="engine",
+                            values="img_per_cpu_s")
+    paired = (rounds["after"] / rounds["before"]).dropna().groupby(["model", "batch_size", "algorithm"]).median()
     med = ok.groupby(["model", "batch_size", "algorithm", "engine"]).agg(
         img_per_cpu_s=("img_per_cpu_s", "median"), step_memory_bytes=("step_memory_bytes", "median"),
         runs=("img_per_cpu_s", "size")).reset_index()
@@ -139,7 +143,7 @@ def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFra
         b, a = by.get("before"), by.get("after")
         rows.append({"model": model, "image_size": 32, "batch_size": batch, "algorithm": algorithm,
                      "before_img_per_cpu_s": b and b["img_per_cpu_s"], "after_img_per_cpu_s": a and a["img_per_cpu_s"],
-                     "speedup": (a["img_per_cpu_s"] / b["img_per_cpu_s"]) if a and b else None,
+                     "speedup": paired.get((model, batch, algorithm)),
                      "before_step_memory_bytes": b and b["step_memory_bytes"],
                      "after_step_memory_bytes": a and a["step_memory_bytes"],
                      "before_commit": baseline, "after_commit": after_commit,
@@ -194,7 +198,8 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
              f"replaces the earlier runs of the configurations it measures, a ratio-only part (`--engines after`) "
              f"only earlier ratio-only runs; this table uses the parts that measured both engines):", "",
              *[f"    {c}" for c in PARTS], "",
-             "Throughput = images per CPU-second of the step (median over rounds); memory = growth of one step "
+             "Throughput = images per CPU-second of the step (median over rounds; speedup: the median of after ÷ "
+             "before within a round, the two runs taken side by side); memory = growth of one step "
              "over the memory in use before it (`step_memory_bytes`).", ""]
     if args.baseline == BASELINE:
         lines += ["`nonprivate` differs because the baseline still drew Gaussian noise for it (`add_noise` became "
