@@ -117,7 +117,7 @@ def instantiation_route(device_type: str, s: LayerShape) -> str:
     - UNFOLD + matmul where `unfold_is_faster` (few positions against d);
     - LOOP, one weight backward per sample, on CPU once a sample costs ≥ 2^25 multiply-adds: at
       37.7M (CIFAR ResNet18's 64->64 at 32×32, 128->128 at 16×16) it beat oneDNN's grouped
-      convolution in 6 of 7 runs at batch 32/64 (by up to 1.45x), with no consistent winner at
+      convolution in 7 of 8 timings at batch 32/64 (by up to 1.45x), with no consistent winner at
       18.9M; its library copies are one sample's, not the batch's;
     - GROUPED otherwise, and on other devices (the loop was not measured there)."""
     if unfold_is_faster(s.T, s.d):
