@@ -38,7 +38,7 @@ def _zero_padded(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor
 def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """Unfolded input [B, groups, d, T] with d = C_in/groups·∏kernel in the weight's order."""
     B, C, nd, groups = x.shape[0], x.shape[1], len(conv.kernel_size), conv.groups
-    if nd == 2:  # im2col (zero padding inside: 2x faster than padding first), 2x faster than the copy below
+    if nd == 2:  # im2col, zero padding inside (1.05-1.25x faster than padding first); 2x the copy below
         x, padding = padded_input(conv, x)
         cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
         return cols.view(B, groups, -1, cols.shape[-1])
@@ -128,16 +128,16 @@ def instantiation_route(device_type: str, s: LayerShape) -> str:
 
 
 def unfold_is_faster(T: int, d: int) -> bool:
-    """Unfold + matmul beats both weight-backward routes for few positions against d (CPU, batch 32:
-    T=64, d=2304: 75-84 ms against the loop's 101-118 and grouped 139-144; T=16, d=4608: 153-158
-    against 302-306 and 395-473); 2-3x slower at T ≥ 256."""
+    """Unfold + matmul beats both weight-backward routes for few positions against d (CPU, batch 32,
+    `scripts/conv_routes.py`: T=64, d=2304: 64-84 ms against the loop's 101-118 and grouped 139-144;
+    T=16, d=4608: 153-161 against 302-319 and 395-473); 2-4x slower at T ≥ 256."""
     return 8 * T < d
 
 
 def unfolded_weight_grad_is_faster(device_type: str, g: torch.Tensor) -> bool:
     """The batch's weight gradient as one matmul of the unfolded input, instead of oneDNN's weight
-    backward, on CPU at ≤ 16 output positions: measured at batch 32, 2.8x faster at T=4 (2×2 maps),
-    1.0-1.4x at T=16, 1.4-1.8x slower at T=64. Other devices keep the library's (not measured)."""
+    backward, on CPU at ≤ 16 output positions (`scripts/conv_routes.py`, batch 32: ~3x faster at T=4,
+    2×2 maps; 1.0-1.3x at T=16; 2-2.5x slower at T=64). Other devices keep the library's (not measured)."""
     return device_type == "cpu" and math.prod(g.shape[2:]) <= 16
 
 
