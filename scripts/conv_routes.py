@@ -17,7 +17,6 @@ synchronised wall time on CUDA. The route the engine picks is marked with '*'.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 
 from dpbench.clipping.layers import conv as rules
 from dpbench.clipping.layers.base import Call
+from dpbench.measure.branches import best_time
 
 # (C_in, C_out, input side, kernel, stride): the 3x3 and 1x1 convolutions of CIFAR VGG11 and ResNet18
 SHAPES = [(3, 64, 32, 3, 1), (64, 64, 32, 3, 1), (64, 128, 16, 3, 1), (64, 128, 32, 3, 2), (128, 128, 16, 3, 1),
@@ -33,21 +33,13 @@ SHAPES = [(3, 64, 32, 3, 1), (64, 64, 32, 3, 1), (64, 128, 16, 3, 1), (64, 128, 
 
 
 def timer(device: torch.device, repeats: int):
+    """Milliseconds of the best of `repeats` runs after one warm-up: CPU time on a CPU, synchronised
+    wall time on CUDA."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+
     def best_ms(fn) -> float:
         fn()
-        best = math.inf
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                fn()
-                torch.cuda.synchronize(device)
-                best = min(best, time.perf_counter() - start)
-            else:
-                start = time.process_time()
-                fn()
-                best = min(best, time.process_time() - start)
-        return best * 1000
+        return best_time(fn, repeats, device, clock) * 1000
     return best_ms
 
 

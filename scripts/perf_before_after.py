@@ -125,12 +125,27 @@ def measure(args, overlay: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFrame:
+def successful_runs(raw: pd.DataFrame) -> pd.DataFrame:
+    """The runs that measured, with their throughput; runs of earlier versions of this script lack the
+    part's invocation, jobs and ratio-only flag (one unnamed part, two at a time, both engines)."""
+    ok = raw[raw["status"] == "ok"].copy()
+    defaults = {"invocation": "earlier", "jobs": 2, "ratio_only": False}
+    for column, default in defaults.items():
+        ok[column] = ok[column].fillna(default) if column in ok else default
+    ok = ok.astype({"jobs": int, "ratio_only": bool})
+    ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
+    return ok
+
+
+def _in_algorithm_order(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    order = {name: i for i, name in enumerate(ALGORITHMS)}
+    return table.sort_values(columns, key=lambda c: c.map(order) if c.name == "algorithm" else c)
+
+
+def summarise(ok: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFrame:
     """Median over rounds per (model, batch, algorithm, engine), before and after side by side (runs of
     parts that measured both engines only); speedup = median of after ÷ before within a round."""
-    ok = raw[(raw["status"] == "ok") & ~raw["ratio_only"].astype(bool)].copy()
-    ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
-    ok["invocation"] = ok["invocation"].fillna("earlier")
+    ok = ok[~ok["ratio_only"]]
     rounds = ok.pivot_table(index=["model", "batch_size", "algorithm", "invocation", "round"], columns="engine",
                             values="img_per_cpu_s")
     paired = (rounds["after"] / rounds["before"]).dropna().groupby(["model", "batch_size", "algorithm"]).median()
@@ -148,20 +163,15 @@ def summarise(raw: pd.DataFrame, baseline: str, after_commit: str) -> pd.DataFra
                      "after_step_memory_bytes": a and a["step_memory_bytes"],
                      "before_commit": baseline, "after_commit": after_commit,
                      "before_runs": b and b["runs"], "after_runs": a and a["runs"]})
-    order = {name: i for i, name in enumerate(ALGORITHMS)}
-    table = pd.DataFrame(rows)
-    return table.sort_values(["model", "batch_size", "algorithm"], key=lambda c: c.map(order) if c.name == "algorithm" else c)
+    return _in_algorithm_order(pd.DataFrame(rows), ["model", "batch_size", "algorithm"])
 
 
-def paired_ratios(raw: pd.DataFrame) -> pd.DataFrame:
+def paired_ratios(ok: pd.DataFrame) -> pd.DataFrame:
     """The working tree's throughput and step memory ÷ nonprivate's, per number of runs at a time (`jobs`).
     Throughput is paired within a round of one invocation (median of those ratios, their range, how many);
     a configuration without such pairs (measured in another part than nonprivate) falls back to median ÷
     median, marked 'unpaired'."""
-    ok = raw[(raw["status"] == "ok") & (raw["engine"] == "after")].copy()
-    ok["invocation"] = ok["invocation"].fillna("earlier") if "invocation" in ok else "earlier"
-    ok["jobs"] = ok["jobs"].fillna(2).astype(int) if "jobs" in ok else 2
-    ok["img_per_cpu_s"] = ok["batch_size"] / ok["step_cpu_time_s"]
+    ok = ok[ok["engine"] == "after"]
     keys = ["model", "batch_size", "invocation", "round"]
     base = ok[ok["algorithm"] == "nonprivate"].set_index(keys)["img_per_cpu_s"]
     paired = ok.join(base.rename("nonprivate_img_per_cpu_s"), on=keys)
@@ -183,10 +193,7 @@ def paired_ratios(raw: pd.DataFrame) -> pd.DataFrame:
             row.update(throughput_ratio=mine["img_per_cpu_s"] / base_median["img_per_cpu_s"], spread="unpaired",
                        rounds=len(g))
         rows.append(row)
-    order = {name: i for i, name in enumerate(ALGORITHMS)}
-    table = pd.DataFrame(rows)
-    return table.sort_values(["model", "batch_size", "jobs", "algorithm"],
-                             key=lambda c: c.map(order) if c.name == "algorithm" else c)
+    return _in_algorithm_order(pd.DataFrame(rows), ["model", "batch_size", "jobs", "algorithm"])
 
 
 def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started: str) -> str:
@@ -252,13 +259,14 @@ def main(argv=None) -> int:
         earlier = earlier[[k not in keys or ratio_only != (args.engines == "after")
                            for k, ratio_only in zip(zip(*(earlier[c] for c in columns)), earlier["ratio_only"])]]
         raw = pd.concat([earlier, raw], ignore_index=True)
-    raw.to_csv(runs_csv, index=False)
+    write_text_atomic(runs_csv, raw.to_csv(index=False))
     measured_at = raw.loc[(raw["engine"] == "after") & raw["commit"].notna(), "commit"] if "commit" in raw else []
     after_commit = ", ".join(sorted({c[:7] + ("-dirty" if c.endswith("dirty") else "") for c in measured_at})) or after_commit
-    table = summarise(raw, args.baseline, after_commit)
+    ok = successful_runs(raw)
+    table = summarise(ok, args.baseline, after_commit)
     args.out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out_csv, table.to_csv(index=False))
-    write_text_atomic(args.out_md, markdown(table, paired_ratios(raw), args, environment("cpu", "float32", 0), started))
+    write_text_atomic(args.out_md, markdown(table, paired_ratios(ok), args, environment("cpu", "float32", 0), started))
     print(f"wrote {args.out_csv} and {args.out_md}")
     return 0
 

@@ -350,7 +350,8 @@ def _before_after_section(before_after: pd.DataFrame | None) -> str:
     verdict = ("No algorithm is slower after the optimisation than before." if slower.empty else
                f"Slower after than before: {', '.join(f'{r.algorithm} ({r.model}, batch {r.batch_size}, ×{r.speedup:.3g})' for r in slower.itertuples())}.")
     lines += ["From `paper/perf_before_after.csv` (the same configurations measured at the commit before the "
-              "optimisation and after it, throughput by CPU time, speedup = after ÷ before).", "",
+              "optimisation and after it, throughput by CPU time, speedup = the median over rounds of after ÷ before, "
+              "each pair measured side by side).", "",
               _markdown(frame), "", verdict, ""]
     return "\n".join(lines)
 

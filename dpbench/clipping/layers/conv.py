@@ -94,19 +94,24 @@ def per_sample_weight_grad(conv: nn.modules.conv._ConvNd, x: torch.Tensor, g: to
     """[B, *weight.shape] per-sample weight gradients without unfolding, by convolution-weight
     backwards: one per sample (`loop`), or one with the batch folded into the groups (batch·groups
     groups). The only memory is the result and the convolution library's copies."""
-    B, nd = x.shape[0], len(conv.kernel_size)
+    B = x.shape[0]
     x, padding = padded_input(conv, x)
-    args = (conv.stride, padding, conv.dilation, False, [0] * nd)
     if loop:
-        weight = conv.weight.new_empty(1).expand(conv.weight.shape)  # only its shape is read
-        return torch.stack([torch.ops.aten.convolution_backward(
-            g[i:i + 1], x[i:i + 1], weight, None, *args, conv.groups, [False, True, False])[1]
-            for i in range(B)])
-    weight = conv.weight.new_empty(1).expand(B * conv.out_channels, *conv.weight.shape[1:])
-    grad = torch.ops.aten.convolution_backward(
-        g.reshape(1, -1, *g.shape[2:]), x.reshape(1, -1, *x.shape[2:]), weight, None, *args,
-        B * conv.groups, [False, True, False])[1]
+        return torch.stack([weight_backward(conv, x[i:i + 1], g[i:i + 1], padding) for i in range(B)])
+    grad = weight_backward(conv, x.reshape(1, -1, *x.shape[2:]), g.reshape(1, -1, *g.shape[2:]), padding,
+                           groups=B * conv.groups)
     return grad.view(B, *conv.weight.shape)
+
+
+def weight_backward(conv: nn.modules.conv._ConvNd, x: torch.Tensor, g: torch.Tensor, padding,
+                    groups: int | None = None) -> torch.Tensor:
+    """The library's weight gradient Σ over x's batch for input x (padded by `padded_input`) and output
+    gradient g; `groups` other than the module's folds a batch into the groups."""
+    groups = groups or conv.groups
+    shape = (conv.out_channels * groups // conv.groups, *conv.weight.shape[1:])
+    weight = conv.weight.new_empty(1).expand(shape)  # only its shape is read
+    return torch.ops.aten.convolution_backward(g, x, weight, None, conv.stride, padding, conv.dilation, False,
+                                               [0] * len(conv.kernel_size), groups, [False, True, False])[1]
 
 
 LOOP, UNFOLD, GROUPED = "loop", "unfold", "grouped"
@@ -241,9 +246,7 @@ class ConvRule(LayerRule):
                 part["weight"] = w.reshape(conv.weight.shape)
             elif "weight" in self.params:
                 x, padding = padded_input(conv, c.args[0])
-                part["weight"] = torch.ops.aten.convolution_backward(
-                    g, x, conv.weight, None, conv.stride, padding, conv.dilation, False,
-                    [0] * nd, conv.groups, [False, True, False])[1]
+                part["weight"] = weight_backward(conv, x, g, padding)
             if "bias" in self.params:
                 part["bias"] = g.flatten(2).sum((0, 2))
             for n, v in part.items():
