@@ -101,15 +101,16 @@ def test_patch_gram_equals_the_gram_of_the_unfolded_input(seed):
     layer, x = random_conv(random.Random(seed * 104729 + 17))
     a = conv_rules.unfold(layer, x)  # [B, groups, d, T]
     expected = a.transpose(2, 3) @ a
-    torch.testing.assert_close(conv_rules.patch_gram(layer, x), expected, rtol=1e-12, atol=1e-12)
-    N = conv_rules.padded_positions(layer, tuple(x.shape[2:]))
-    assert N == conv_rules._zero_padded(layer, x)[0, 0].numel()
+    out_shape = tuple(layer(x).shape[2:])
+    torch.testing.assert_close(conv_rules.patch_gram(layer, x, out_shape), expected, rtol=1e-12, atol=1e-12)
+    n = conv_rules.pixel_positions(layer, tuple(x.shape[2:]))
+    assert n == conv_rules.pixel_input(layer, x)[0][0, 0].numel()
 
 
 @pytest.mark.parametrize("pixel_gram", [True, False], ids=["pixel-gram", "im2col-gram"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv_ghost_norms_are_exact_by_either_gram(seed, pixel_gram, monkeypatch):
-    monkeypatch.setattr(conv_rules, "patch_gram_is_faster", lambda N, T, kernel: pixel_gram)
+    monkeypatch.setattr(conv_rules, "patch_gram_is_faster", lambda *shape: pixel_gram)
     rng = random.Random(seed * 6007 + 3)
     torch.manual_seed(seed)
     layer, x = random_conv(rng)

@@ -104,3 +104,19 @@ def test_vgg_at_224_mixed_choices_match_the_paper_table():
     convs = [r for r in engine.layer_report if r["type"] == "Conv2d"]
     assert [r["choice"] for r in convs] == ["instantiate"] * 5 + ["ghost"] * 3
     engine.detach()
+
+
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+def test_groupnorm_float32_with_inputs_far_from_zero_mean(offset):
+    """GroupNorm's per-sample affine gradients come from the library's fused Σ g·x - mean·Σ g: with
+    inputs whose mean is far above their spread, still within 1e-5 of the float64 truth. (At offset 30,
+    PyTorch's own GroupNorm backward, which fastgradclip's second backward uses, is off by 1.0e-5.)"""
+    torch.manual_seed(0)
+    model = randomise_norms(nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Tanh(), nn.Flatten(),
+                                          nn.Linear(8 * 6 * 6, 10)))
+    with torch.no_grad():
+        model[0].bias.add_(offset)
+    x, y = batch(n=5, size=8)
+    reference = float64_reference(model, x, y)
+    for algorithm in OWN_ALGORITHMS:
+        check_algorithm(model, x, y, algorithm, rtol=RTOL32, reference=reference)

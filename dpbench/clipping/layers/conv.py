@@ -54,39 +54,84 @@ def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     return x.permute(perm).reshape(B, groups, -1, math.prod(out_shape))
 
 
-def patch_gram(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
-    """A Aᵀ per sample and group, [B, groups, T, T], without unfolding: the Gram of the padded
-    input's pixels over channels, M = XᵀX (N×N, N padded positions), summed over the ∏k kernel
-    offsets of its entries at the output positions' receptive-field pixels. Costs N²·C instead of
-    T²·C·∏k plus the im2col copy: cheaper for stride-1 convolutions (see `patch_gram_is_faster`)."""
-    x = _zero_padded(conv, x)
-    B, C, groups = x.shape[0], x.shape[1], conv.groups
-    spatial = x.shape[2:]
+def pixel_input(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The input with any non-zero padding mode applied, and the zero padding left on each dimension's
+    low side (the high side's only bounds which output positions exist)."""
+    nd = len(conv.kernel_size)
+    if conv.padding_mode != "zeros":
+        return padded_input(conv, x)[0], (0,) * nd
+    pad = conv._reversed_padding_repeated_twice  # last dimension first: low, high
+    return x, tuple(pad[2 * i] for i in range(nd))[::-1]
+
+
+def _offset_slices(n: int, m: int, k: int, s: int, dil: int, low: int):
+    """(output slice, input slice) per kernel offset along one dimension: output o meets input pixel
+    o·s + j·dil - low, for the outputs whose pixel lies inside the n unpadded ones."""
+    pairs = []
+    for j in range(k):
+        shift = j * dil - low
+        first, last = max(0, -(shift // s)), min(m - 1, (n - 1 - shift) // s)  # ceil(-shift / s) for the first
+        if first > last:
+            continue
+        start = first * s + shift
+        pairs.append((slice(first, last + 1), slice(start, start + (last - first) * s + 1, s)))
+    return pairs
+
+
+def patch_gram(conv: nn.modules.conv._ConvNd, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
+    """A Aᵀ per sample and group, [B, groups, T, T], without unfolding: the Gram of the input's pixels
+    over channels, M = XᵀX (n×n for n unpadded positions), summed over the kernel offsets of its
+    entries at the output positions' receptive-field pixels; padding pixels are zero, so their entries
+    are left out. The offsets are summed one dimension at a time (k adds per dimension instead of ∏k).
+    Costs n²·C instead of T²·C·∏k plus the im2col copy (`patch_gram_is_faster` compares them)."""
+    x, low = pixel_input(conv, x)
+    B, C, groups, nd = x.shape[0], x.shape[1], conv.groups, len(conv.kernel_size)
+    spatial = tuple(x.shape[2:])
     xg = x.reshape(B, groups, C // groups, -1)
-    pixels = torch.matmul(xg.transpose(2, 3), xg).view(B, groups, *spatial, *spatial)
-    out = [(n - dil * (k - 1) - 1) // s + 1
-           for n, k, s, dil in zip(spatial, conv.kernel_size, conv.stride, conv.dilation)]
-    gram = None
-    for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
-        window = tuple(slice(o * dil, o * dil + s * (m - 1) + 1, s)
-                       for o, dil, s, m in zip(offset, conv.dilation, conv.stride, out))
-        piece = pixels[(slice(None), slice(None)) + window + window]
-        gram = piece.clone() if gram is None else gram.add_(piece)
-    T = math.prod(out)
+    gram = torch.matmul(xg.transpose(2, 3), xg).view(B, groups, *spatial, *spatial)
+    for i in range(nd):
+        pairs = _offset_slices(spatial[i], out_shape[i], conv.kernel_size[i], conv.stride[i], conv.dilation[i],
+                               low[i])
+        shape = list(gram.shape)
+        shape[2 + i] = shape[2 + nd + i] = out_shape[i]
+
+        def index(sl, i=i):
+            idx = [slice(None)] * gram.dim()
+            idx[2 + i] = idx[2 + nd + i] = sl
+            return tuple(idx)
+
+        full = next((pair for pair in pairs if pair[0] == slice(0, out_shape[i])), None)  # covers every output
+        if full is not None:
+            summed = gram[index(full[1])].clone(memory_format=torch.contiguous_format)
+        else:
+            summed = gram.new_zeros(shape)
+        for pair in pairs:
+            if pair is not full:
+                summed[index(pair[0])] += gram[index(pair[1])]
+        gram = summed
+    T = math.prod(out_shape)
     return gram.reshape(B, groups, T, T)
 
 
-def padded_positions(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> int:
-    """N: positions of an input of this spatial shape once padded (every padding form sets the
-    module's `_reversed_padding_repeated_twice`: last dimension first, left then right)."""
+def pixel_positions(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> int:
+    """n: pixels of an input of this spatial shape for the pixel Gram (non-zero padding modes are
+    applied to the input; every padding form sets `_reversed_padding_repeated_twice`: last dimension
+    first, low then high)."""
+    if conv.padding_mode == "zeros":
+        return math.prod(spatial)
     pad = conv._reversed_padding_repeated_twice
     widths = [pad[2 * i] + pad[2 * i + 1] for i in range(len(spatial))][::-1]
     return math.prod(n + w for n, w in zip(spatial, widths))
 
 
-def patch_gram_is_faster(N: int, T: int, kernel: int) -> bool:
-    """The pixel Gram (N²·C multiply-adds, no copy) against im2col + Gram (T²·C·∏k plus the copy)."""
-    return N * N <= T * T * kernel
+def patch_gram_is_faster(n: int, T: int, channels: int, d: int) -> bool:
+    """The pixel Gram against im2col + Gram, per sample and group, in multiply-add equivalents fitted to
+    `scripts/conv_routes.py` (CPU, batch 32): the pixel Gram costs n²·C plus its n×n buffers' offset
+    sums (~45 per entry while a sample's buffer stays within 256 KiB, ~700 beyond: out of cache); im2col
+    costs T²·d plus ~127 per copied entry. It picks the faster route in all 13 CIFAR layer shapes timed
+    but one near-tie (64->64 at 32×32: 518 against 582 ms)."""
+    per_entry = 45 if n * n <= 2 ** 16 else 700
+    return n * n * (channels + per_entry) <= T * T * d + 127 * T * d
 
 
 def per_sample_weight_grad(conv: nn.modules.conv._ConvNd, x: torch.Tensor, g: torch.Tensor,
@@ -167,8 +212,9 @@ class ConvRule(LayerRule):
         if len(calls) != 1:
             return False
         x, g = calls[0].args[0], calls[0].grads[0]
-        N = padded_positions(self.module, tuple(x.shape[2:]))
-        return patch_gram_is_faster(N, math.prod(g.shape[2:]), math.prod(self.module.kernel_size))
+        n = pixel_positions(self.module, tuple(x.shape[2:]))
+        channels = self.module.in_channels // self.module.groups
+        return patch_gram_is_faster(n, math.prod(g.shape[2:]), channels, channels * math.prod(self.module.kernel_size))
 
     def _stacked(self, calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unfolded inputs [B, groups, d, T] and output gradients [B, groups, p, T], calls along T."""
@@ -194,8 +240,8 @@ class ConvRule(LayerRule):
             per_sample = sum(c.args[0][0].numel() + c.grads[0][0].numel() for c in calls)
             return self.module.weight.numel() + per_sample
         if self._pixel_gram(calls):
-            N = padded_positions(self.module, tuple(calls[0].args[0].shape[2:]))
-            return s.groups * (N * N + 2 * s.T * s.T)
+            n = pixel_positions(self.module, tuple(calls[0].args[0].shape[2:]))
+            return s.groups * (2 * n * n + 2 * s.T * s.T)  # the pixel Gram and its first offset sums
         return s.T * s.groups * (s.d + 2 * s.T)
 
     def instantiate(self, calls):
@@ -225,7 +271,7 @@ class ConvRule(LayerRule):
     def _weight_norm_sq(self, calls: list[Call]) -> torch.Tensor:
         """⟨A Aᵀ, G Gᵀ⟩ summed over groups, A Aᵀ from the pixel Gram or from the unfolded input."""
         if self._pixel_gram(calls):
-            aa = patch_gram(self.module, calls[0].args[0])
+            aa = patch_gram(self.module, calls[0].args[0], tuple(calls[0].grads[0].shape[2:]))
             g = grouped_grad_output(self.module, calls[0].grads[0])
         else:
             a, g = self._stacked(calls)
