@@ -148,6 +148,22 @@ def test_conv_routes_follow_the_measured_rules():
     assert not conv_rules.unfolded_weight_grad_is_faster("cuda", g4)
 
 
+@pytest.mark.parametrize("conv, pixel", [
+    (nn.Conv2d(3, 64, 3, padding=1), False),  # the 3-channel stem: little to multiply, n×n buffers to sum
+    (nn.Conv2d(64, 64, 3, padding=1), True),
+    (nn.Conv2d(64, 128, 3, stride=2, padding=1), False),
+    (nn.Conv2d(128, 256, 3, stride=2, padding=1), True),
+    (nn.Conv2d(128, 256, 1, stride=2), False),
+    (nn.Conv2d(512, 512, 3, padding=1), True),
+], ids=["stem@32", "64-64@32", "64-128s2@32", "128-256s2@16", "128-256k1s2@16", "512-512@4"])
+def test_ghost_gram_route_follows_the_measured_cost_model(conv, pixel):
+    """The pixel Gram where `scripts/conv_routes.py` timed it faster on CIFAR ResNet18's layers, else im2col."""
+    side = {3: 32, 64: 32, 128: 16, 512: 4}[conv.in_channels]
+    x = torch.zeros(1, conv.in_channels, side, side, dtype=conv.weight.dtype)
+    rule = conv_rules.ConvRule(conv, "conv")
+    assert rule._pixel_gram([conv_rules.Call((x,), {}, (0,), grads=[conv(x)])]) == pixel
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_embedding_matches_oracle(seed):
     rng = random.Random(seed)

@@ -4,7 +4,6 @@ and groups. Per group g the per-sample weight gradient is G_gᵀA_g with A_g the
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -127,10 +126,10 @@ def pixel_positions(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> 
 def patch_gram_is_faster(n: int, T: int, channels: int, d: int) -> bool:
     """The pixel Gram against im2col + Gram, per sample and group, in multiply-add equivalents fitted to
     `scripts/conv_routes.py` (CPU, batch 32): the pixel Gram costs n²·C plus its n×n buffers' offset
-    sums (~45 per entry while a sample's buffer stays within 256 KiB, ~700 beyond: out of cache); im2col
-    costs T²·d plus ~127 per copied entry. It picks the faster route in all 13 CIFAR layer shapes timed
-    but one near-tie (64->64 at 32×32: 518 against 582 ms)."""
-    per_entry = 45 if n * n <= 2 ** 16 else 700
+    sums (~45 per entry while a sample's buffer stays within 256 KiB, ~400 beyond: out of cache); im2col
+    costs T²·d plus ~127 per copied entry. It picks the faster route in the 13 CIFAR layer shapes timed
+    (the closest: 64->64 at 32×32, pixel Gram 518-585 ms against 582-642)."""
+    per_entry = 45 if n * n <= 2 ** 16 else 400
     return n * n * (channels + per_entry) <= T * T * d + 127 * T * d
 
 
