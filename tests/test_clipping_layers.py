@@ -375,7 +375,8 @@ def test_parameters_used_outside_their_module_go_to_the_host_generic_rule(case):
 
 
 def test_norms_computed_in_batch_chunks_are_exact(monkeypatch):
-    """With a tiny working-memory budget every layer's norm is computed a few samples at a time."""
+    """With a tiny working-memory budget every layer's norm (and book-keeping's kept per-sample gradients)
+    is computed a few samples at a time."""
     import dpbench.clipping.own as own
 
     monkeypatch.setattr(own, "CHUNK_ELEMENTS", 1)

@@ -108,9 +108,18 @@ def squared_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def weighted_sum(grads: dict[str, torch.Tensor], coef: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Σᵢ coefᵢ·gᵢ of instantiated per-sample gradients."""
-    return {n: torch.tensordot(coef.to(g.dtype), g, dims=1) for n, g in grads.items()}
+def chunked_weighted_sum(chunks: list[dict[str, torch.Tensor]], coef: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σᵢ coefᵢ·gᵢ of instantiated per-sample gradients held in consecutive batch chunks."""
+    out: dict[str, torch.Tensor] = {}
+    start = 0
+    for grads in chunks:
+        rows = next(iter(grads.values())).shape[0]
+        part = coef[start:start + rows]
+        for n, g in grads.items():
+            value = torch.tensordot(part.to(g.dtype), g, dims=1)
+            out[n] = out[n] + value if n in out else value
+        start += rows
+    return out
 
 
 def gram_inner(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
