@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", type=Path, default=ROOT / "results" / "perf_before_after")
     p.add_argument("--out-csv", type=Path, default=ROOT / "paper" / "perf_before_after.csv")
     p.add_argument("--out-md", type=Path, default=ROOT / "paper" / "perf_before_after.md")
+    p.add_argument("--out-ratios-csv", type=Path, default=ROOT / "paper" / "perf_ratios.csv",
+                   help="the ratios to nonprivate, read by the pipeline's performance report")
     p.add_argument("--report-only", action="store_true", help="measure nothing: rebuild from results-dir/runs.csv")
     return p.parse_args(argv)
 
@@ -188,10 +190,11 @@ def paired_ratios(ok: pd.DataFrame) -> pd.DataFrame:
         row = {"model": model, "batch_size": batch, "jobs": jobs, "algorithm": algorithm,
                "memory_ratio": mine["step_memory_bytes"] / base_median["step_memory_bytes"]}
         if len(ratios):
-            row.update(throughput_ratio=ratios.median(), spread=f"{ratios.min():.2f}–{ratios.max():.2f}", rounds=len(ratios))
+            row.update(throughput_ratio=ratios.median(), ratio_min=ratios.min(), ratio_max=ratios.max(),
+                       paired=True, rounds=len(ratios))
         else:
-            row.update(throughput_ratio=mine["img_per_cpu_s"] / base_median["img_per_cpu_s"], spread="unpaired",
-                       rounds=len(g))
+            row.update(throughput_ratio=mine["img_per_cpu_s"] / base_median["img_per_cpu_s"], ratio_min=None,
+                       ratio_max=None, paired=False, rounds=len(g))
         rows.append(row)
     return _in_algorithm_order(pd.DataFrame(rows), ["model", "batch_size", "jobs", "algorithm"])
 
@@ -224,7 +227,8 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
               .to_markdown(index=False), ""]
     ratio_rows = [{"model": r.model, "batch_size": r.batch_size, "runs at a time": r.jobs, "algorithm": r.algorithm,
                    "throughput ÷ nonprivate": f"{r.throughput_ratio:.2f}",
-                   "range over rounds": r.spread, "rounds": r.rounds,
+                   "range over rounds": f"{r.ratio_min:.2f}–{r.ratio_max:.2f}" if r.paired else "unpaired",
+                   "rounds": r.rounds,
                    "step memory ÷ nonprivate": f"{r.memory_ratio:.2f}" if pd.notna(r.memory_ratio) else "n/a"}
                   for r in ratios.itertuples()]
     lines += ["## After: ratios to nonprivate", "",
@@ -266,8 +270,15 @@ def main(argv=None) -> int:
     table = summarise(ok, args.baseline, after_commit)
     args.out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out_csv, table.to_csv(index=False))
-    write_text_atomic(args.out_md, markdown(table, paired_ratios(ok), args, environment("cpu", "float32", 0), started))
-    print(f"wrote {args.out_csv} and {args.out_md}")
+    parts = sorted(raw["invocation"].dropna().unique()) if "invocation" in raw else []
+    stamps, others = [v for v in parts if v[:1].isdigit()], [v for v in parts if not v[:1].isdigit()]
+    if stamps:  # when the runs were made, not when this report is written
+        started = (f"{stamps[0]} – {stamps[-1]} (the parts' start times" if len(stamps) > 1 else f"{stamps[0]} (")
+        started += f"; older runs: {', '.join(others)})" if others else ")"
+    ratios = paired_ratios(ok)
+    write_text_atomic(args.out_ratios_csv, ratios.to_csv(index=False))
+    write_text_atomic(args.out_md, markdown(table, ratios, args, environment("cpu", "float32", 0), started))
+    print(f"wrote {args.out_csv}, {args.out_ratios_csv} and {args.out_md}")
     return 0
 
 

@@ -154,14 +154,44 @@ def test_report_with_before_after_csv(tmp_path, cpu_bench):
     out = tmp_path / "performance.md"
     assert main(["perf-report", "--bench", *map(str, cpu_bench), "--before-after", str(csv), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "does not exist" not in text and "| Mixed ghost" in text and "200.0" in text
+    assert "perf_before_after.csv` does not exist" not in text and "| Mixed ghost" in text and "200.0" in text
     assert "Slower after than before: opacus (vgg11, batch 32, ×0.9)." in text
     assert "Not measured: this run has no max-batch search" in text
     assert "Not measured: no profile results in this run." in text
 
 
+def test_report_with_alternating_ratios_csv(tmp_path, cpu_bench):
+    """The targets over alternating runs: the median with its range, verdicts by the median, unpaired rows
+    marked, step memory against 1.05; without the CSV the section says 'not measured'."""
+    csv = tmp_path / "perf_ratios.csv"
+    row = dict(model="resnet18", batch_size=64, jobs=1, paired=True, rounds=6)
+    pd.DataFrame([
+        row | dict(algorithm="nonprivate", memory_ratio=1.0, throughput_ratio=1.0, ratio_min=1.0, ratio_max=1.0),
+        row | dict(algorithm="mixed_ghost", memory_ratio=1.13, throughput_ratio=0.61, ratio_min=0.47, ratio_max=0.79),
+        row | dict(algorithm="bk_mixed", memory_ratio=1.02, throughput_ratio=0.84, ratio_min=0.65, ratio_max=1.09),
+        row | dict(jobs=2, algorithm="nonprivate", memory_ratio=1.0, throughput_ratio=1.0, ratio_min=1.0, ratio_max=1.0),
+        row | dict(jobs=2, algorithm="mixed_ghost", memory_ratio=1.0, throughput_ratio=0.5, ratio_min=None,
+                   ratio_max=None, paired=False, rounds=2),
+    ]).to_csv(csv, index=False)
+    out = tmp_path / "performance.md"
+    assert main(["perf-report", "--bench", *map(str, cpu_bench), "--ratios", str(csv), "--out", str(out)]) == 0
+    text = out.read_text()
+    section = text.split("## Targets over alternating runs")[1].split("\n## ")[0]
+    assert re.search(r"\| resnet18 32², batch 64, 1 run at a time +\| Mixed ghost throughput ÷ non-private +\| 0.610 +"
+                     r"\| 0.47–0.79 +\| 6 +\| ≥ 0.6 +\| met", section)
+    assert re.search(r"BK mixed throughput ÷ non-private +\| 0.840 +\| 0.65–1.09 +\| 6 +\| ≥ 0.85 +\| not met", section)
+    assert re.search(r"1 run at a time +\| Mixed ghost step memory ÷ non-private +\| 1.13 +\| +\| 6 +\| ≤ 1.05 +\| not met",
+                     section)
+    assert re.search(r"2 runs at a time +\| Mixed ghost throughput ÷ non-private +\| 0.500 +\| unpaired +\| 2 +\|", section)
+    assert "2 runs at a time | BK mixed" not in section
+    main(["perf-report", "--bench", *map(str, cpu_bench), "--out", str(out)])
+    assert "Not measured: `paper/perf_ratios.csv` does not exist." in out.read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "no result files given"),
+    (["--bench", "BENCH", "--ratios", "missing.csv"], "ratios table not found: missing.csv"),
+    (["--bench", "BENCH", "--ratios", "BAD_CSV"], "lacks the columns"),
     (["--bench", "missing.json"], "result file not found: missing.json"),
     (["--profile", "BENCH"], "is not a profile result"),
     (["--bench", "BENCH", "--before-after", "missing.csv"], "before/after table not found: missing.csv"),

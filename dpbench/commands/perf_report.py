@@ -15,6 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--profile", nargs="*", default=[], metavar="JSON", help="profile results of this run")
     p.add_argument("--before-after", metavar="CSV",
                    help="before/after table (paper/perf_before_after.csv); without it the report says 'not measured'")
+    p.add_argument("--ratios", metavar="CSV",
+                   help="ratios to nonprivate over alternating runs (paper/perf_ratios.csv); without it the report "
+                        "says 'not measured'")
     p.add_argument("--out", required=True, help="the Markdown report to write")
     p.set_defaults(func=run)
 
@@ -29,10 +32,11 @@ def run(args) -> int:
     maxbatch = performance.maxbatch_frame(args.maxbatch)
     profiles = performance.profile_results(args.profile)
     before_after = performance.read_before_after(args.before_after)
+    alternating = performance.read_alternating_ratios(args.ratios)
     environments = (list(bench["environment"]) + [p["environment"] for p in profiles]
                     + [performance.maxbatch_environment(path) for path in args.maxbatch])
     text = performance.render(bench, maxbatch, profiles, before_after, environments,
-                              [*args.bench, *args.maxbatch, *args.profile])
+                              [*args.bench, *args.maxbatch, *args.profile], alternating)
     write_text_atomic(args.out, text)
     print(f"dpbench perf-report: wrote {args.out}")
     return 0

@@ -1,5 +1,6 @@
 """paper/performance.md (`dpbench perf-report`): the targets of issue 6 measured in this run, the
-committed before/after table (paper/perf_before_after.csv, when it exists) and the profiler summary.
+committed before/after table and ratios over alternating runs (paper/perf_before_after.csv,
+paper/perf_ratios.csv, when they exist) and the profiler summary.
 Seconds and no GPU: it runs where Snakemake runs."""
 
 
@@ -13,6 +14,7 @@ rule perf_report:
         maxbatch=maxbatch_files(),
         profile=profile_files(),
         before_after=before_after_input,
+        ratios=ratios_input,
     output:
         report(PERFORMANCE, caption="../report/performance.rst", category="Performance"),
     log:
@@ -20,6 +22,7 @@ rule perf_report:
     params:
         dpbench=DPBENCH,
         before_after=before_after_option,
+        ratios=ratios_option,
     threads: 1
     resources:
         runtime=stage_resources("aggregate")["runtime"],
@@ -28,4 +31,4 @@ rule perf_report:
         CONDA_ENV
     shell:
         "{params.dpbench} perf-report --bench {input.bench} --maxbatch {input.maxbatch} --profile {input.profile}"
-        " {params.before_after} --out {output} > {log} 2>&1"
+        " {params.before_after} {params.ratios} --out {output} > {log} 2>&1"

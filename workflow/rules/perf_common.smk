@@ -4,6 +4,7 @@ perf.smk); included right after common.smk, whose helpers it uses."""
 PROFILE = "results/profile/{model}_s{image_size}_b{batch_size}/{algorithm}.json"
 PERFORMANCE = "paper/performance.md"
 BEFORE_AFTER = str(REPO / "paper" / "perf_before_after.csv")
+ALTERNATING_RATIOS = str(REPO / "paper" / "perf_ratios.csv")
 
 
 def profile_entries(wildcards=None):
@@ -40,3 +41,12 @@ def before_after_input(wildcards):
 
 def before_after_option(wildcards, input):
     return f"--before-after {shlex.quote(input.before_after[0])}" if input.before_after else ""
+
+
+def ratios_input(wildcards):
+    """The committed ratios to nonprivate over alternating runs, where they exist."""
+    return [ALTERNATING_RATIOS] if Path(ALTERNATING_RATIOS).exists() else []
+
+
+def ratios_option(wildcards, input):
+    return f"--ratios {shlex.quote(input.ratios[0])}" if input.ratios else ""
