@@ -81,15 +81,20 @@ def profile_results(paths) -> list[dict]:
 
 def read_before_after(path: str | Path | None) -> pd.DataFrame | None:
     """The committed before/after CSV (None when no path is given)."""
+    return _read_committed_csv(path, BEFORE_AFTER_COLUMNS, "before/after table")
+
+
+def _read_committed_csv(path: str | Path | None, columns: list[str], what: str) -> pd.DataFrame | None:
+    """A committed CSV with at least `columns`; None without a path, one clear error otherwise."""
     if path is None:
         return None
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
-        raise DpbenchError(f"before/after table not found: {path}") from None
+        raise DpbenchError(f"{what} not found: {path}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DpbenchError(f"{path} is not a readable CSV: {error}") from None
-    missing = [c for c in BEFORE_AFTER_COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DpbenchError(f"{path} lacks the columns {', '.join(missing)}")
     return frame
@@ -102,18 +107,7 @@ RATIO_COLUMNS = ["model", "batch_size", "jobs", "algorithm", "memory_ratio", "th
 def read_alternating_ratios(path: str | Path | None) -> pd.DataFrame | None:
     """The committed ratios to nonprivate over alternating runs (paper/perf_ratios.csv, written by
     scripts/perf_before_after.py); None when no path is given."""
-    if path is None:
-        return None
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise DpbenchError(f"ratios table not found: {path}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DpbenchError(f"{path} is not a readable CSV: {error}") from None
-    missing = [c for c in RATIO_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DpbenchError(f"{path} lacks the columns {', '.join(missing)}")
-    return frame
+    return _read_committed_csv(path, RATIO_COLUMNS, "ratios table")
 
 
 def alternating_target_rows(frame: pd.DataFrame) -> list[dict]:
