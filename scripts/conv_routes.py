@@ -80,37 +80,28 @@ def main(argv=None) -> int:
         }
         coef = torch.rand(B, device=device)
         unfolded = rules.unfolded_weight_grad_is_faster(device.type, g)
-        library = best_ms(lambda: _clipped_sum(rule, calls, coef, False))
-        matmul = best_ms(lambda: _clipped_sum(rule, calls, coef, True))
+        library, matmul = (best_ms(lambda: _forced("unfolded_weight_grad_is_faster", forced,
+                                                   lambda: rule.clipped_sum(calls, coef)))
+                           for forced in (False, True))
         cells = [f"{per_sample[r]:8.2f}{'*' if r == chosen else ' '}" for r in (rules.LOOP, rules.GROUPED, rules.UNFOLD)]
         sums = [f"{library:8.2f}{' ' if unfolded else '*'}", f"{matmul:8.2f}{'*' if unfolded else ' '}"]
         pixel = rule._pixel_gram(calls)
-        ghost = [f"{best_ms(lambda: _ghost_norm(rule, calls, True)):8.2f}{'*' if pixel else ' '}",
-                 f"{best_ms(lambda: _ghost_norm(rule, calls, False)):8.2f}{' ' if pixel else '*'}"]
+        ghost = [f"{best_ms(lambda: _forced('patch_gram_is_faster', forced, lambda: rule.ghost_norm_sq(calls))):8.2f}"
+                 f"{'*' if forced == pixel else ' '}" for forced in (True, False)]
         name = f"{c_in}->{c_out} k{k} s{stride} @{side}"
         print(f"{name:28s} {shape.T:5d} {shape.d:5d} {shape.p:4d} | {' '.join(cells)} | {' '.join(sums)} | "
               f"{' '.join(ghost)}")
     return 0
 
 
-def _clipped_sum(rule: rules.ConvRule, calls, coef, unfolded: bool):
-    """The book-kept weight sum with the unfolded matmul forced on or off."""
-    original = rules.unfolded_weight_grad_is_faster
-    rules.unfolded_weight_grad_is_faster = lambda device_type, g: unfolded
+def _forced(rule_name: str, answer: bool, fn):
+    """fn() with the rule `rules.<rule_name>` answering `answer` whatever the layer."""
+    original = getattr(rules, rule_name)
+    setattr(rules, rule_name, lambda *shape: answer)
     try:
-        return rule.clipped_sum(calls, coef)
+        return fn()
     finally:
-        rules.unfolded_weight_grad_is_faster = original
-
-
-def _ghost_norm(rule: rules.ConvRule, calls, pixel: bool):
-    """The ghost norm with the pixel Gram forced on or off."""
-    original = rules.patch_gram_is_faster
-    rules.patch_gram_is_faster = lambda *shape: pixel
-    try:
-        return rule.ghost_norm_sq(calls)
-    finally:
-        rules.patch_gram_is_faster = original
+        setattr(rules, rule_name, original)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,18 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
     return "\n".join(lines)
 
 
+def measured_when(raw: pd.DataFrame, now: str) -> str:
+    """When the runs were made (the start times of their parts), not when this report is written; `now`
+    for runs that lack them."""
+    parts = sorted(raw["invocation"].dropna().unique()) if "invocation" in raw else []
+    stamps, others = [v for v in parts if v[:1].isdigit()], [v for v in parts if not v[:1].isdigit()]
+    if not stamps:
+        return now
+    notes = (["the parts' start times"] if len(stamps) > 1 else []) + [f"older runs: {', '.join(others)}"] * bool(others)
+    when = stamps[0] if len(stamps) == 1 else f"{stamps[0]} – {stamps[-1]}"
+    return f"{when} ({'; '.join(notes)})" if notes else when
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -270,14 +282,10 @@ def main(argv=None) -> int:
     table = summarise(ok, args.baseline, after_commit)
     args.out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out_csv, table.to_csv(index=False))
-    parts = sorted(raw["invocation"].dropna().unique()) if "invocation" in raw else []
-    stamps, others = [v for v in parts if v[:1].isdigit()], [v for v in parts if not v[:1].isdigit()]
-    if stamps:  # when the runs were made, not when this report is written
-        started = (f"{stamps[0]} – {stamps[-1]} (the parts' start times" if len(stamps) > 1 else f"{stamps[0]} (")
-        started += f"; older runs: {', '.join(others)})" if others else ")"
     ratios = paired_ratios(ok)
     write_text_atomic(args.out_ratios_csv, ratios.to_csv(index=False))
-    write_text_atomic(args.out_md, markdown(table, ratios, args, environment("cpu", "float32", 0), started))
+    write_text_atomic(args.out_md, markdown(table, ratios, args, environment("cpu", "float32", 0),
+                                            measured_when(raw, started)))
     print(f"wrote {args.out_csv}, {args.out_ratios_csv} and {args.out_md}")
     return 0
 

@@ -112,29 +112,23 @@ def read_alternating_ratios(path: str | Path | None) -> pd.DataFrame | None:
 
 def alternating_target_rows(frame: pd.DataFrame) -> list[dict]:
     """One row per (model, batch size, runs at a time, target) of the alternating runs: the median
-    ratio with its range over rounds, and met / not met by the median."""
+    ratio with its range over rounds (throughput), and met / not met by the median."""
     rows = []
     for (model, batch, jobs), group in frame.groupby(["model", "batch_size", "jobs"], sort=False):
         found = group.set_index("algorithm")
         configuration = f"{model} 32², batch {batch}, {jobs} run{'s' if jobs > 1 else ''} at a time"
-        for algorithm, bound in THROUGHPUT_TARGETS.items():
+        for algorithm, figure, column, target, verdict in targets():
             if algorithm not in found.index:
                 continue
             r = found.loc[algorithm]
-            spread = f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}" if _truthy(r["paired"]) else "unpaired"
+            throughput = column == "throughput_ratio"
+            spread = ("" if not throughput else
+                      f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}" if _truthy(r["paired"]) else "unpaired")
             rows.append({"configuration": configuration,
-                         "figure": f"{algorithm_label(algorithm)} throughput ÷ non-private",
-                         "median": f"{r['throughput_ratio']:.3f}", "range over rounds": spread,
-                         "rounds": int(r["rounds"]), "target": f"≥ {bound:g}",
-                         "verdict": verdict_at_least(r["throughput_ratio"], bound)})
-        for algorithm in MEMORY_ALGORITHMS:
-            if algorithm not in found.index:
-                continue
-            value = found.loc[algorithm, "memory_ratio"]
-            rows.append({"configuration": configuration,
-                         "figure": f"{algorithm_label(algorithm)} step memory ÷ non-private",
-                         "median": _cell(value), "range over rounds": "", "rounds": int(found.loc[algorithm, "rounds"]),
-                         "target": f"≤ {MEMORY_TARGET:g}", "verdict": verdict_at_most(value, MEMORY_TARGET)})
+                         "figure": f"{algorithm_label(algorithm)} {figure} ÷ non-private",
+                         "median": f"{r[column]:.3f}" if throughput else _cell(r[column]),
+                         "range over rounds": spread, "rounds": int(r["rounds"]), "target": target,
+                         "verdict": verdict(r[column])})
     return rows
 
 
@@ -237,6 +231,17 @@ def maxbatch_verdict(low: float, high: float, bound: float = MAXBATCH_TARGET) ->
     return "undecided (the search's tolerance leaves the ratio on both sides of the target)"
 
 
+def targets():
+    """(algorithm, figure, ratio column, target text, verdict function) of every throughput and
+    memory target."""
+    for algorithm, bound in THROUGHPUT_TARGETS.items():
+        yield (algorithm, "throughput", "throughput_ratio", f"≥ {bound:g}",
+               lambda value, bound=bound: verdict_at_least(value, bound))
+    for algorithm in MEMORY_ALGORITHMS:
+        yield (algorithm, "step memory", "memory_ratio", f"≤ {MEMORY_TARGET:g}",
+               lambda value: verdict_at_most(value, MEMORY_TARGET))
+
+
 def target_rows(table: pd.DataFrame) -> list[dict]:
     """One row per (configuration, target): the measured ratio, the target and met / not met."""
     rows = []
@@ -244,17 +249,14 @@ def target_rows(table: pd.DataFrame) -> list[dict]:
         found = group.set_index("algorithm")
         where = dict(zip(GROUP, key))
         configuration = f"{where['model']} {where['image_size']}², batch {where['batch_size']}"
-        for algorithm, bound in THROUGHPUT_TARGETS.items():
-            value = found["throughput_ratio"].get(algorithm, math.nan)
-            rows.append({"configuration": configuration, "figure": f"{algorithm_label(algorithm)} throughput ÷ non-private",
-                         "measured": _cell(value, found["oom"].get(algorithm, False)), "target": f"≥ {bound:g}",
-                         "verdict": verdict_at_least(value, bound), "device": where["device"]})
-        for algorithm in MEMORY_ALGORITHMS:
-            value = found["memory_ratio"].get(algorithm, math.nan)
-            measure = "step memory" if group["memory_measure"].iloc[0] == "step" else "peak memory (no step memory)"
-            rows.append({"configuration": configuration, "figure": f"{algorithm_label(algorithm)} {measure} ÷ non-private",
-                         "measured": _cell(value, found["oom"].get(algorithm, False)), "target": f"≤ {MEMORY_TARGET:g}",
-                         "verdict": verdict_at_most(value, MEMORY_TARGET), "device": where["device"]})
+        peak = group["memory_measure"].iloc[0] != "step"
+        for algorithm, figure, column, target, verdict in targets():
+            value = found[column].get(algorithm, math.nan)
+            if peak and column == "memory_ratio":
+                figure = "peak memory (no step memory)"
+            rows.append({"configuration": configuration, "figure": f"{algorithm_label(algorithm)} {figure} ÷ non-private",
+                         "measured": _cell(value, found["oom"].get(algorithm, False)), "target": target,
+                         "verdict": verdict(value), "device": where["device"]})
     return rows
 
 

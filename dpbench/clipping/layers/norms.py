@@ -7,18 +7,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dpbench.clipping.layers.base import LayerRule
+from dpbench.clipping.layers.base import LayerRule, chunked_weighted_sum
 
 
 class _AffineNormRule(LayerRule):
-    """Shared logic: instantiate from the normalised input x̂ and the output gradient."""
+    """Per-sample gradients as small as the parameters: always instantiated, so the clipped sum is their
+    weighted sum."""
 
-    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def clipped_sum(self, calls, coef):
+        return chunked_weighted_sum([self.instantiate(calls)], coef)
 
-    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a [B, ...] tensor down to [B, *param.shape]."""
-        raise NotImplementedError
+
+class LayerNormRule(_AffineNormRule):
+    """LayerNorm over the trailing normalized_shape: Σ g·x̂ and Σ g over the leading positions."""
 
     def working_space(self, calls, choice):
         """x̂ and g·x̂ are input-sized per sample."""
@@ -30,24 +31,16 @@ class _AffineNormRule(LayerRule):
             g = c.grads[0]
             part = {}
             if "weight" in self.params:
-                part["weight"] = self._reduce(g * self._normalised(c.args[0]))
+                normalised = F.layer_norm(c.args[0], self.module.normalized_shape, None, None, self.module.eps)
+                part["weight"] = self._reduce(g * normalised)
             if "bias" in self.params:
                 part["bias"] = self._reduce(g)
             for n, v in part.items():
                 out[n] = out[n] + v if n in out else v
         return out
 
-    def clipped_sum(self, calls, coef):
-        return {n: torch.tensordot(coef.to(g.dtype), g, dims=1) for n, g in self.instantiate(calls).items()}
-
-
-class LayerNormRule(_AffineNormRule):
-    """LayerNorm over the trailing normalized_shape."""
-
-    def _normalised(self, x):
-        return F.layer_norm(x, self.module.normalized_shape, None, None, self.module.eps)
-
     def _reduce(self, t):
+        """Sum a [B, ..., *normalized_shape] tensor down to [B, *normalized_shape]."""
         k = len(self.module.normalized_shape)
         lead = tuple(range(1, t.dim() - k))
         return t.sum(lead) if lead else t
@@ -66,7 +59,8 @@ class GroupNormRule(_AffineNormRule):
 
     def instantiate(self, calls):
         module = self.module
-        weights, biases = [], []
+        wanted = ["weight" in self.params, "bias" in self.params]
+        out = {}
         for c in calls:
             x, g = c.args[0], c.grads[0]
             B, C = x.shape[:2]
@@ -76,12 +70,8 @@ class GroupNormRule(_AffineNormRule):
                                                              module.eps)
             _, dw, db = torch.ops.aten.native_group_norm_backward(
                 g.reshape(1, B * C, positions), x.reshape(1, B * C, positions), mean.view(1, -1),
-                rstd.view(1, -1), None, 1, B * C, positions, B * module.num_groups, [False, True, True])
-            weights.append(dw.view(B, C))
-            biases.append(db.view(B, C))
-        out = {}
-        if "weight" in self.params:
-            out["weight"] = sum(weights)
-        if "bias" in self.params:
-            out["bias"] = sum(biases)
+                rstd.view(1, -1), None, 1, B * C, positions, B * module.num_groups, [False, *wanted])
+            for n, v in (("weight", dw), ("bias", db)):
+                if n in self.params:
+                    out[n] = out[n] + v.view(B, C) if n in out else v.view(B, C)
         return out
