@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dpbench.clipping import ALGORITHMS  # noqa: E402
+from dpbench.report.performance import RATIO_COLUMNS  # noqa: E402  (what perf-report --ratios reads)
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
 PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32  # opacus and opacus_ghost rows",
@@ -196,6 +197,8 @@ def paired_ratios(ok: pd.DataFrame) -> pd.DataFrame:
             row.update(throughput_ratio=mine["img_per_cpu_s"] / base_median["img_per_cpu_s"], ratio_min=None,
                        ratio_max=None, paired=False, rounds=len(g))
         rows.append(row)
+    if not rows:  # no part measured nonprivate: nothing to divide by
+        return pd.DataFrame(columns=RATIO_COLUMNS)
     return _in_algorithm_order(pd.DataFrame(rows), ["model", "batch_size", "jobs", "algorithm"])
 
 
