@@ -35,6 +35,6 @@ rule all:
         table_files("md"),
         figure_files("png"),
         figure_files("pdf"),
-        REPRODUCTION,
+        reproduction_files(),
         performance_files(),
     default_target: True

@@ -1,5 +1,7 @@
 """`dpbench perf-report`: paper/performance.md, the targets of issue 6 measured in this run, the
-before/after table and the torch.profiler summary per algorithm."""
+before/after table and the torch.profiler summary per algorithm; with `--layout vit` the vision
+transformers' report (paper/vit_performance.md), rendered from the committed ratios over alternating runs
+of both engines and the before/after table, with the profiles of this run."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--ratios", metavar="CSV",
                    help="ratios to nonprivate over alternating runs (paper/perf_ratios.csv); without it the report "
                         "says 'not measured'")
+    p.add_argument("--layout", choices=["study", "vit"], default="study",
+                   help="study: the targets of this run's results (default); vit: the vision transformers' "
+                        "targets before and after, from --ratios and --before-after, with this run's profiles")
     p.add_argument("--out", required=True, help="the Markdown report to write")
     p.set_defaults(func=run)
 
@@ -26,6 +31,8 @@ def run(args) -> int:
     from dpbench.report import performance
     from dpbench.results import write_text_atomic
 
+    if args.layout == "vit":
+        return run_vit(args)
     if not (args.bench or args.maxbatch or args.profile):
         raise DpbenchError("no result files given (--bench, --maxbatch or --profile)")
     bench = performance.bench_frame(args.bench)
@@ -41,3 +48,25 @@ def run(args) -> int:
     print(f"dpbench perf-report: wrote {args.out}")
     return 0
 
+
+
+def run_vit(args) -> int:
+    from pathlib import Path
+
+    from dpbench.report import performance, vit_performance
+    from dpbench.results import write_text_atomic
+
+    if args.bench or args.maxbatch:
+        raise DpbenchError("--layout vit reads the committed --ratios and --before-after, not --bench or --maxbatch")
+    if not (args.ratios or args.before_after or args.profile):
+        raise DpbenchError("nothing to report (--ratios, --before-after or --profile)")
+
+    def name(path):  # as the report names a committed CSV: its folder and file (paper/vit_ratios.csv)
+        return "/".join(Path(path).parts[-2:]) if path else "—"
+
+    text = vit_performance.render(vit_performance.read_ratios(args.ratios),
+                                  performance.read_before_after(args.before_after),
+                                  performance.profile_results(args.profile), name(args.ratios), name(args.before_after))
+    write_text_atomic(args.out, text)
+    print(f"dpbench perf-report: wrote {args.out}")
+    return 0

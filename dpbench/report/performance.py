@@ -106,8 +106,14 @@ RATIO_COLUMNS = ["model", "batch_size", "jobs", "algorithm", "memory_ratio", "th
 
 def read_alternating_ratios(path: str | Path | None) -> pd.DataFrame | None:
     """The committed ratios to nonprivate over alternating runs (paper/perf_ratios.csv, written by
-    scripts/perf_before_after.py); None when no path is given."""
-    return _read_committed_csv(path, RATIO_COLUMNS, "ratios table")
+    scripts/perf_before_after.py); None when no path is given. Of a table with the ratios of both
+    engines (columns `engine` and `status`), the working tree's rows that measured."""
+    frame = _read_committed_csv(path, RATIO_COLUMNS, "ratios table")
+    if frame is not None and "engine" in frame:
+        frame = frame[frame["engine"] == "after"]
+    if frame is not None and "status" in frame:
+        frame = frame[frame["status"].fillna("ok") == "ok"]
+    return frame
 
 
 def alternating_target_rows(frame: pd.DataFrame) -> list[dict]:

@@ -1,6 +1,8 @@
 """paper/performance.md (`dpbench perf-report`): the targets of issue 6 measured in this run, the
 committed before/after table and ratios over alternating runs (paper/perf_before_after.csv,
-paper/perf_ratios.csv, when they exist) and the profiler summary.
+paper/perf_ratios.csv, when they exist) and the profiler summary; or, where the config's `performance`
+section says so, another report from other committed tables (config/vit_cpu.yaml: the vision
+transformers', paper/vit_performance.md, `--layout vit`).
 Seconds and no GPU: it runs where Snakemake runs."""
 
 
@@ -16,13 +18,14 @@ rule perf_report:
         before_after=before_after_input,
         ratios=ratios_input,
     output:
-        report(PERFORMANCE, caption="../report/performance.rst", category="Performance"),
+        report(PERFORMANCE, caption=PERFORMANCE_CAPTION, category="Performance"),
     log:
         "logs/perf_report.log",
     params:
         dpbench=DPBENCH,
         before_after=before_after_option,
         ratios=ratios_option,
+        layout=layout_option(),
     threads: 1
     resources:
         runtime=stage_resources("aggregate")["runtime"],
@@ -30,5 +33,5 @@ rule perf_report:
     conda:
         CONDA_ENV
     shell:
-        "{params.dpbench} perf-report --bench {input.bench} --maxbatch {input.maxbatch} --profile {input.profile}"
-        " {params.before_after} {params.ratios} --out {output} > {log} 2>&1"
+        "{params.dpbench} perf-report {params.layout} --bench {input.bench} --maxbatch {input.maxbatch}"
+        " --profile {input.profile} {params.before_after} {params.ratios} --out {output} > {log} 2>&1"

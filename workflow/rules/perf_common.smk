@@ -2,9 +2,18 @@
 perf.smk); included right after common.smk, whose helpers it uses."""
 
 PROFILE = "results/profile/{model}_s{image_size}_b{batch_size}/{algorithm}.json"
-PERFORMANCE = "paper/performance.md"
-BEFORE_AFTER = str(REPO / "paper" / "perf_before_after.csv")
-ALTERNATING_RATIOS = str(REPO / "paper" / "perf_ratios.csv")
+# The performance report and the committed tables it reads: the study's (paper/performance.md) unless the
+# config's optional `performance` section names others (config/vit_cpu.yaml: the vision transformers').
+_PERFORMANCE = {"layout": "study", "out": "paper/performance.md", "before_after": "paper/perf_before_after.csv",
+                "ratios": "paper/perf_ratios.csv"} | config.get("performance", {})
+PERFORMANCE = _PERFORMANCE["out"]
+PERFORMANCE_LAYOUT = _PERFORMANCE["layout"]
+PERFORMANCE_CAPTION = {"study": "../report/performance.rst", "vit": "../report/vit_performance.rst"}[PERFORMANCE_LAYOUT]
+if PERFORMANCE_LAYOUT == "vit" and (config["bench"] or config["maxbatch"]):
+    raise ValueError("config: the performance layout vit reports the committed tables and profiles only; "
+                     "bench and maxbatch must be empty")
+BEFORE_AFTER = str(REPO / _PERFORMANCE["before_after"])
+ALTERNATING_RATIOS = str(REPO / _PERFORMANCE["ratios"])
 
 
 def profile_entries(wildcards=None):
@@ -30,8 +39,19 @@ def profile_options(wildcards):
 
 
 def performance_files():
-    """The performance report, when this config measures anything it reports on."""
-    return [PERFORMANCE] if config["bench"] or config["maxbatch"] or config["profile"] else []
+    """The performance report, when this config measures anything it reports on (the vit layout: also
+    when it only renders the committed tables)."""
+    measures = config["bench"] or config["maxbatch"] or config["profile"]
+    return [PERFORMANCE] if measures or PERFORMANCE_LAYOUT == "vit" else []
+
+
+def layout_option():
+    return "" if PERFORMANCE_LAYOUT == "study" else f"--layout {PERFORMANCE_LAYOUT}"
+
+
+def reproduction_files():
+    """The paper-reproduction report, when this config makes tables to compare with the paper."""
+    return [REPRODUCTION] if table_names() else []
 
 
 def before_after_input(wildcards):
