@@ -38,12 +38,16 @@ forward 7·B·T·C (mean 1, centre 1, variance 2, scale 1, affine 2); input grad
 instantiation = recompute x̂ (5·B·T·C) + 3·B·T·C + norms 2·B·P, memory B·P plus 2·B·T·C scratch;
 weighted sum 2·B·P. There is no ghost norm (the per-sample gradient is as small as the layer).
 
-Other trainable parameters (a bare nn.Parameter such as a ViT's cls_token or pos_embed, or a module
-without a specific rule; P parameters) use the engine's generic rule: it replays the module's forward
-per sample (torch.func vmap of a vjp), so its per-sample gradient costs one forward and one input-
-gradient pass of every layer inside the module (for a ViT's root module: the whole network), plus
-the norms 2·B·P; memory B·P held, and the replay's layer outputs (Σ over those layers of B·T·p·g)
-transient. The batch gradient is modelled as additive use: B·P.
+Other trainable parameters (a bare nn.Parameter such as a ViT's cls_token, pos_embed or layer-scale
+gamma, a weight used through F.linear outside its module, a LayerNorm subclass; P parameters) take
+the engine's operation rules (clipping/layers/ops.py): the consuming operation's output gradient is
+reduced to the parameter's shape, modelled as instantiation 4·B·P, held B·P, weighted sum 2·B·P
+(F.linear on one weight costs like a Linear layer). Which parameters these are is read from one engine
+step on a copy of the model. Parameters that no operation rule serves use the generic rule: it replays
+the module's forward per sample (torch.func vmap of a vjp), so its per-sample gradient costs one
+forward and one input-gradient pass of every layer inside the module, plus the norms 2·B·P; memory
+B·P held, and the replay's layer outputs (Σ over those layers of B·T·p·g) transient. The batch
+gradient is modelled as additive use: B·P.
 
 Algorithms, per layer (two-pass algorithms: the first backward forms output gradients and norms but
 no parameter gradient, the second backward of Σ Cᵢ Lᵢ forms everything again; book-keeping (BK)
@@ -71,12 +75,14 @@ algorithm and are not counted. The mixed column is the engine's rule (dpbench.cl
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from dpbench.clipping.decision import GHOST, INSTANTIATE, ghost_space, instantiate_space, mixed_choice
 from dpbench.clipping.layers.conv import unfold_is_faster
@@ -91,7 +97,7 @@ class Layer:
 
     name: str
     type: str
-    family: str  # "linear", "conv", "embedding", "norm" or "generic" (the engine's rule)
+    family: str  # "linear", "conv", "embedding", "norm", "op" or "generic" (the engine's rule)
     T: int | None
     d: int | None
     p: int | None
@@ -204,9 +210,15 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     finally:
         for h in handles:
             h.remove()
+    op_rows = _operation_rules(model, example)
+    moved = {name for row in op_rows for name in row["params"]}
+    full_names = {id(p): n for n, p in model.named_parameters()}
     layers = []
     for module, entry in seen.items():
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if all(full_names[id(x)] in moved for _, x in own):
+            continue  # an operation rule serves its parameters (below)
+        own = [(n, x) for n, x in own if full_names[id(x)] not in moved]
         d, p, groups = _dimensions(entry["family"], module)
         generic = entry["family"] == "generic"
         layers.append(Layer(
@@ -215,7 +227,31 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
             params=sum(x.numel() for _, x in own), bias=sum(x.numel() for n, x in own if n == "bias"),
             input_grad=entry["input_grad"] or generic,
             inner=tuple(seen[m]["name"] for m in module.modules() if m is not module and m in seen) if generic else ()))
+    sizes = dict(model.named_parameters())
+    for row in op_rows:
+        params = sum(sizes[n].numel() for n in row["params"])
+        linear = row["T"] is not None  # F.linear on one weight: the Linear rule's costs
+        layers.append(Layer(name=row["name"], type=row["type"], family="linear" if linear else "op",
+                            T=row["T"] if linear else None, d=row["d"], p=row["p"], groups=row["groups"],
+                            params=params, bias=params - row["d"] * row["p"] if linear else 0, input_grad=True))
     return layers
+
+
+def _operation_rules(model: nn.Module, example: torch.Tensor) -> list[dict]:
+    """The engine's operation rules for the model (layer_report rows with path "op"), from one engine
+    step on a copy of the model with two copies of the example."""
+    from dpbench.clipping import PrivacyEngine
+
+    work = copy.deepcopy(model)
+    engine = PrivacyEngine(work, algorithm="mixed_ghost", max_grad_norm=1.0)
+    try:
+        with torch.enable_grad():
+            out = work(torch.cat([example, example]))
+            out = next(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+            engine.backward(out.flatten(1).float().pow(2).sum(1))
+    finally:
+        engine.detach()
+    return [row for row in engine.layer_report if row["path"] == "op"]
 
 
 # ---- costs -------------------------------------------------------------------------------------
@@ -254,6 +290,9 @@ def primitives(layer: Layer, B: int, replay: Cost = Cost(0)) -> Primitives:
             instantiate=Cost(5 * B * T * C + grad_work + 2 * B * P, held=B * P, transient=2 * B * T * C),
             weighted_sum=2 * B * P, bookkept_sum=None)
     P = layer.params
+    if layer.family == "op":  # the consuming operation's output gradient reduced to the parameters
+        return Primitives(forward=0, input_grad=0, weight_grad=B * P, ghost=None,
+                          instantiate=Cost(4 * B * P, held=B * P), weighted_sum=2 * B * P, bookkept_sum=None)
     return Primitives(forward=0, input_grad=0, weight_grad=B * P, ghost=None,
                       instantiate=Cost(replay.time + 2 * B * P, held=B * P, transient=replay.transient),
                       weighted_sum=2 * B * P, bookkept_sum=None)

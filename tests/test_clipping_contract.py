@@ -152,11 +152,35 @@ class NoisyScale(nn.Module):
         return self.drop(x) * self.scale
 
 
+def test_random_forward_around_an_operation_rule_is_exact():
+    """The mul rule reads the dropped-out input the forward used: no replay, so randomness is fine."""
+    model, x = NoisyScale(), torch.randn(3, 4)
+    engine = PrivacyEngine(model, "mixed_ghost", max_grad_norm=1e9)
+    torch.manual_seed(5)
+    engine.backward(model(x).sum(1))
+    torch.manual_seed(5)
+    expected = model.drop(x).norm(dim=1)  # the per-sample gradient of scale is drop(x)ᵢ
+    assert torch.allclose(engine.per_sample_norms, expected)
+    assert engine.layer_report[0]["path"] == "op"
+
+
+class NoisySequenceFirst(nn.Module):
+    """A bare parameter consumed sequence-first after dropout: only the module's replay can serve it."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4, 1, 4))
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):  # [B, 4, 4]
+        return (self.drop(x).transpose(0, 1) + self.scale).transpose(0, 1)
+
+
 def test_random_forward_under_the_generic_rule_is_refused_by_name():
-    model = nn.Sequential(nn.Linear(4, 4), NoisyScale())
+    model = nn.Sequential(nn.Linear(4, 4), NoisySequenceFirst())
     engine = PrivacyEngine(model, "mixed_ghost")
-    with pytest.raises(DpbenchError, match=r"module '1' \(NoisyScale\).*random"):
-        engine.backward(model(torch.randn(3, 4)).sum(1))
+    with pytest.raises(DpbenchError, match=r"module '1' \(NoisySequenceFirst\).*random"):
+        engine.backward(model(torch.randn(3, 4, 4)).sum((1, 2)))
 
 
 class ModifiesInputAfterUse(nn.Module):
@@ -188,11 +212,31 @@ class SequenceFirst(nn.Module):
         return self.lin(x.transpose(0, 1)).transpose(0, 1).flatten(1)
 
 
+def test_layers_used_sequence_first_fall_back_to_the_exact_replay_of_the_batch_first_module():
+    """The Linear's output is transposed outside it, so its rule cannot hold: the innermost module whose
+    forward is batch-first (here the model) is replayed per sample."""
+    torch.manual_seed(0)
+    engine = check_algorithm(SequenceFirst().double(), torch.randn(2, 5, 3, dtype=torch.float64), algorithm="ghost")
+    (row,) = engine.layer_report
+    assert row["path"] == "replay" and row["params"] == ["lin.weight", "lin.bias"]
+
+
+class SequenceFirstInside(nn.Module):
+    """A Linear module called on a sequence-first input and nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(x.transpose(0, 1))
+
+
 def test_layers_that_are_not_batch_first_are_refused_by_name():
-    model = SequenceFirst()
+    model = SequenceFirstInside()
     engine = PrivacyEngine(model, "ghost")
     with pytest.raises(DpbenchError, match=r"module 'lin' got an input with leading dimension 5"):
-        engine.backward(model(torch.randn(2, 5, 3)).sum(1))
+        engine.backward(model(torch.randn(2, 5, 3)).sum((0, 2)))
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -12,7 +12,7 @@ from torch import nn
 from dpbench.cli import main
 from dpbench.clipping import PrivacyEngine
 from dpbench.complexity import (ALGORITHM_NAMES, algorithm_costs, collect_layers, model_complexity, primitives,
-                                replay_cost)
+                                )
 from dpbench.models import create_model
 
 # PAPER.md, "Layerwise choice (recomputed from the architectures): VGG11": the eight 3x3 convs.
@@ -100,11 +100,9 @@ def test_depthwise_convs_always_instantiate_and_parameters_are_all_covered():
     assert (layers["grouped"].d, layers["grouped"].p, layers["grouped"].groups) == (18, 4, 4)
     assert layers["token_mix"].T == 25 and layers["refine"].T == 50  # called twice: one layer, T summed
     assert not layers["stem"].input_grad and layers["grouped"].input_grad
-    root = layers["Mixed"]
-    assert root.family == "generic" and root.params == 64 and set(root.inner) == set(layers) - {"Mixed"}
-    replay = replay_cost(root, layers, 2)  # the generic rule replays the whole forward per sample
-    assert replay.time == sum(primitives(layers[n], 2).forward + primitives(layers[n], 2).input_grad for n in root.inner)
-    assert algorithm_costs(root, 2, replay)["per_sample"].time == replay.time + 2 * 2 * 64 + 2 * 2 * 64
+    shift = layers["shift"]  # a bare parameter added to the tokens: the add operation's rule, no replay
+    assert shift.family == "op" and shift.params == 64 and "Mixed" not in layers
+    assert algorithm_costs(shift, 2)["per_sample"].time == 4 * 2 * 64 + 2 * 2 * 64
     assert sum(layer.params for layer in layers.values()) == sum(p.numel() for p in model.parameters())
 
 

@@ -14,9 +14,10 @@ from torch.utils._pytree import tree_flatten
 
 from dpbench.clipping.algorithms import Algorithm
 from dpbench.clipping.decision import INSTANTIATE
-from dpbench.clipping.layers import Call, GenericRule, LayerRule, rule_for
+from dpbench.clipping.layers import Call, GenericRule, LayerRule, OpRule, specific_rule
 from dpbench.clipping.layers.base import batch_slice, chunked_weighted_sum, squared_norms
-from dpbench.clipping.usage import ParameterUseCheck
+from dpbench.clipping.layers.ops import OpCall, site_for
+from dpbench.clipping.usage import ParameterTracer, Use
 from dpbench.errors import DpbenchError
 
 
@@ -27,6 +28,12 @@ CHUNK_ELEMENTS = 2 ** 20
 
 def _tensors(tree) -> list[torch.Tensor]:
     return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
+
+
+def _autocast_of(t: torch.Tensor) -> tuple | None:
+    """(device type, dtype) when the forward runs under autocast, else None."""
+    kind = t.device.type
+    return (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
 
 
 def _release(calls: list[Call]) -> None:
@@ -43,23 +50,29 @@ class OwnBackend:
         self.model = model
         self.algorithm = algorithm
         self.max_grad_norm = max_grad_norm
-        self.rules: dict[nn.Module, LayerRule] = {}
+        self.rules: dict[object, LayerRule] = {}  # module (or the operation rule itself) -> rule
         self._order = {m: i for i, m in enumerate(model.modules())}
+        self._full_names = {id(p): n for n, p in model.named_parameters()}
         for name, module in model.named_modules():
-            rule = rule_for(module, name or type(model).__name__)
+            rule = specific_rule(module, name or type(model).__name__)
             if rule is not None:
                 self.rules[module] = rule
         self.layer_report: list[dict] = []
         self._root_handles = [model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True),
                               model.register_forward_hook(self._root_post_hook, always_call=True)]
         self._handles = {m: m.register_forward_hook(self._record, with_kwargs=True) for m in self.rules}
-        self._calls: dict[nn.Module, list[Call]] = {}
+        self._calls: dict[object, list[Call]] = {}
         self._candidates: dict[nn.Module, list[Call]] = {}
+        self._surveyed_sites: list[OpCall] = []
+        self._op_rule_of: dict[int, OpRule] = {}
         self._frontier: list = []
         self._depth = 0
         self._collecting = False
         self._replaying = False
-        self._use_check: ParameterUseCheck | None = ParameterUseCheck(model, self.rules, self._record_candidate)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        # the first forward is surveyed; later ones watch only the parameters of operation rules
+        self._tracer: ParameterTracer | None = ParameterTracer(trainable, self._on_site, survey=True,
+                                                               on_output=self._record_candidate)
         self._trains = {m for m in model.modules() if any(p.requires_grad for p in m.parameters())}
         # optional: (rule, calls) -> extra layer_report fields, called before a ghost-capable layer's
         # inputs are released (dpbench.measure.branches times both norm branches with it)
@@ -75,38 +88,141 @@ class OwnBackend:
             return
         if self._depth == 0:
             self._calls, self._frontier = {}, []
-            self._frontier += [x for x in _tensors((args, kwargs)) if x.requires_grad]
-            if self._use_check is not None:
-                self._use_check.start()
+            inputs = _tensors((args, kwargs))
+            self._frontier += [x for x in inputs if x.requires_grad]
+            if self._tracer is not None:
+                batch = next((x.shape[0] for x in inputs if x.dim() > 0), None)
+                self._tracer.start(model, batch)
         self._depth += 1
 
     def _root_post_hook(self, model, args, output):
         if self._replaying or self._depth == 0:
             return
         self._depth -= 1
-        if self._depth == 0 and self._use_check is not None:
-            check, self._use_check = self._use_check, None
-            for param, owner, name, host in check.finish():
-                self._hand_over(param, owner, name, host)
-            self._candidates = {}
+        if self._depth == 0 and self._tracer is not None:
+            self._tracer.stop()
+            if self._tracer.survey:
+                self._settle(self._tracer.uses)
 
     def _record_candidate(self, module, args, kwargs, output):
-        """During the first forward: record modules that may become generic hosts (see usage.py)."""
+        """During the first forward: record modules that may become generic hosts."""
         if module not in self.rules and module in self._trains:
             self._record(module, args, kwargs, output, self._candidates)
 
-    def _hand_over(self, param, owner: nn.Module, name: str, host: nn.Module) -> None:
-        """Move a parameter from its module's rule to the generic rule of the module that uses it."""
-        rule = self.rules[owner]
+    def _on_site(self, func, args, kwargs, out, operands, inputs_need_grad):
+        """An operation consuming parameter operands (see usage.py): record it like a module call."""
+        if self._replaying:
+            return
+        leaves, spec = tree_flatten(out)
+        index = tuple(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad)
+        site = site_for(func, tree_flatten((args, kwargs))[0], operands, [leaves[i] for i in index])
+        key = self._op_key(operands) if not self._tracer.survey else None
+        call = OpCall(args, kwargs, tuple(x._version for x in _tensors((args, kwargs))), spec, index,
+                      tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
+                      [None] * len(index), len(index), _autocast_of(leaves[index[0]]), key,
+                      frozenset(o.position for o in operands), func=func, site=site, operands=operands)
+        self._hook_outputs(call, leaves, inputs_need_grad)
+        if key is None:
+            self._surveyed_sites.append(call)
+        else:
+            self._calls.setdefault(key, []).append(call)
+
+    def _op_key(self, operands) -> OpRule:
+        rules = {id(r): r for r in (self._op_rule_of[id(p)] for o in operands for p in o.params)}
+        if len(rules) != 1:
+            names = ", ".join(self._full_names[id(p)] for o in operands for p in o.params)
+            raise DpbenchError(f"parameters {names} are consumed by one operation but were not in the first "
+                               "forward: the forward must use parameters the same way at every step")
+        return next(iter(rules.values()))
+
+    # ---- after the first forward: module rule, operation rule or generic replay --------------------
+    def _settle(self, uses: list[Use]) -> None:
+        """Give every surveyed parameter its rule (see usage.py) and the first forward's calls to them."""
+        owners = {id(p): (m, n) for m in self.model.modules() for n, p in m.named_parameters(recurse=False)
+                  if p.requires_grad}
+        params = {id(p): p for p in self.model.parameters() if p.requires_grad}
+        by_param: dict[int, list[Use]] = {i: [] for i in params}
+        parent = {i: i for i in params}
+
+        def root(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for use in uses:
+            ids = [id(p) for p in use.params]
+            for i in ids:
+                by_param[i].append(use)
+                parent[root(i)] = root(ids[0])
+        groups: dict[int, list[int]] = {}
+        for i in params:
+            groups.setdefault(root(i), []).append(i)
+
+        # used only in the forward of their own module, which has a specific rule (a module that got a
+        # non-batch-first input is refused by that rule)
+        module_only = {i for i in params if owners[i][0] in self.rules and all(
+            u.stack[-1] is owners[i][0] for u in by_param[i])}
+        for group in groups.values():
+            if all(i in module_only for i in group):
+                continue
+            group_uses = [u for i in group for u in by_param[i]]
+            if any(u.kind == "unsupported" for u in group_uses) or not any(u.kind == "site" for u in group_uses):
+                for i in group:
+                    self._hand_over(params[i], *owners[i], self._host(owners[i][0], by_param[i]))
+            else:
+                self._make_op_rule([params[i] for i in group], owners)
+        for call in self._surveyed_sites:
+            rules = {id(self._op_rule_of.get(id(p))): self._op_rule_of.get(id(p))
+                     for o in call.operands for p in o.params}
+            rule = next(iter(rules.values()))
+            if len(rules) == 1 and rule is not None:
+                call.key = rule
+                self._calls.setdefault(rule, []).append(call)
+        self._surveyed_sites, self._candidates = [], {}
+        op_params = [p for r in self.rules.values() if isinstance(r, OpRule) for p in r.params.values()]
+        self._tracer = ParameterTracer(op_params, self._on_site) if op_params else None
+
+    def _host(self, owner: nn.Module, uses: list[Use]) -> nn.Module:
+        """The innermost module whose forward contains every use of a parameter of `owner`."""
+        if not uses:
+            return owner
+        common = [m for m in uses[0].stack if all(any(m is s for s in u.stack) for u in uses[1:])]
+        return next(m for m in reversed(common) if any(s is owner for s in m.modules()))
+
+    def _release_from_module_rule(self, owner: nn.Module, name: str) -> None:
+        rule = self.rules.get(owner)
+        if rule is None or isinstance(rule, GenericRule):
+            return
         del rule.params[name]
         if not rule.params:
             del self.rules[owner]
             self._handles.pop(owner).remove()
             self._calls.pop(owner, None)
+
+    def _make_op_rule(self, params: list, owners: dict) -> None:
+        names = [self._full_names[id(p)] for p in params]
+        modules = {id(owners[id(p)][0]): owners[id(p)][0] for p in params}
+        label = "+".join(names)
+        if len(modules) == 1 and len(params) > 1:  # all of one module's parameters: the module's name
+            (module,) = modules.values()
+            ids = {id(p) for p in params}
+            if all(id(p) in ids for p in module.parameters(recurse=False) if p.requires_grad):
+                label = next(n for n, m in self.model.named_modules() if m is module) or type(self.model).__name__
+        rule = OpRule(label, dict(zip(names, params)), min(self._order[m] for m in modules.values()))
+        for p in params:
+            self._release_from_module_rule(*owners[id(p)])
+            self._op_rule_of[id(p)] = rule
+        self.rules[rule] = rule
+
+    def _hand_over(self, param, owner: nn.Module, name: str, host: nn.Module) -> None:
+        """Move a parameter to the generic rule of the module whose forward contains its uses."""
+        self._release_from_module_rule(owner, name)
         host_rule = self.rules.get(host)
         if not isinstance(host_rule, GenericRule):
             host_name = next(n for n, m in self.model.named_modules() if m is host) or type(host).__name__
             new = GenericRule(host, host_name)
+            new.params = {}
             for own_name, own_param in (host_rule.params.items() if host_rule else ()):
                 new.adopt(own_name, own_param)
             self.rules[host] = host_rule = new
@@ -115,7 +231,7 @@ class OwnBackend:
             if host in self._candidates:
                 self._calls[host] = self._candidates.pop(host)
         owner_path = next(n for n, m in host.named_modules() if m is owner)
-        host_rule.adopt(f"{owner_path}.{name}", param)
+        host_rule.adopt(f"{owner_path}.{name}" if owner_path else name, param)
 
     def _record(self, module, args, kwargs, output, store=None):
         if self._replaying or not torch.is_grad_enabled():
@@ -125,33 +241,35 @@ class OwnBackend:
         if not index:
             return
         inputs = _tensors((args, kwargs))
-        device_type = leaves[index[0]].device.type
-        autocast = ((device_type, torch.get_autocast_dtype(device_type))
-                    if torch.is_autocast_enabled(device_type) else None)
         call = Call(args, kwargs, tuple(x._version for x in inputs), spec, index,
                     tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
-                    [None] * len(index), len(index), autocast)
+                    [None] * len(index), len(index), _autocast_of(leaves[index[0]]), module)
         (self._calls if store is None else store).setdefault(module, []).append(call)
-        for k, i in enumerate(index):
-            leaves[i].register_hook(partial(self._on_grad, module, call, k))
-        if not any(x.requires_grad for x in inputs):
-            self._frontier += [get_gradient_edge(leaves[i]) for i in index]
+        self._hook_outputs(call, leaves, any(x.requires_grad for x in inputs))
+
+    def _hook_outputs(self, call: Call, leaves: list, inputs_need_grad: bool) -> None:
+        """Catch the gradients of the call's outputs; outputs of calls whose inputs need no gradient
+        join the frontier that the first backward differentiates to."""
+        for k, i in enumerate(call.out_index):
+            leaves[i].register_hook(partial(self._on_grad, call, k))
+        if not inputs_need_grad:
+            self._frontier += [get_gradient_edge(leaves[i]) for i in call.out_index]
 
     # ---- backward ------------------------------------------------------------------------------
-    def _on_grad(self, module, call, k, grad):
-        calls = self._calls.get(module)
+    def _on_grad(self, call, k, grad):
+        calls = self._calls.get(call.key)
         if not self._collecting or calls is None:
             return
         call.grads[k] = grad
         call.pending -= 1
         if all(c.pending == 0 for c in calls):
-            self._process(module)
+            self._process(call.key)
 
-    def _process(self, module: nn.Module) -> None:
-        calls = [c for c in self._calls.pop(module, []) if any(g is not None for g in c.grads)]
+    def _process(self, key) -> None:
+        calls = [c for c in self._calls.pop(key, []) if any(g is not None for g in c.grads)]
         if not calls:
             return
-        rule = self.rules[module]
+        rule = self.rules[key]
         for c in calls:
             self._validate(rule, c)
         choice = rule.choose(calls, self.algorithm.norms)
@@ -183,10 +301,18 @@ class OwnBackend:
         if book_keeping:
             self._kept.append((rule, choice, kept))
         self.layer_report.append({
-            "name": rule.name, "type": type(module).__name__, "rule": type(rule).__name__,
+            "name": rule.name, "rule": type(rule).__name__, **self._path(rule, calls),
             "T": shape.T if shape else None, "d": shape.d if shape else None,
             "p": shape.p if shape else None, "groups": shape.groups if shape else None,
-            "calls": len(calls), "choice": choice, **timing, "_module": module})
+            "calls": len(calls), "choice": choice, **timing,
+            "_order": rule.order if isinstance(rule, OpRule) else self._order[key]})
+
+    def _path(self, rule: LayerRule, calls: list[Call]) -> dict:
+        """How the layer's per-sample gradients were found: `module` (a layer rule), `op` (the operations
+        consuming the parameters, named in `type`) or `replay` (the generic replay of a module)."""
+        path = "op" if isinstance(rule, OpRule) else "replay" if isinstance(rule, GenericRule) else "module"
+        kind = rule.sites(calls) if isinstance(rule, OpRule) else type(rule.module).__name__
+        return {"type": kind, "path": path, "params": [self._full_names[id(p)] for p in rule.params.values()]}
 
     def _chunks(self, rule: LayerRule, calls: list[Call], choice: str):
         """The calls in batch chunks whose temporaries (unfolded inputs, Gram matrices, per-sample
@@ -206,7 +332,7 @@ class OwnBackend:
             raise DpbenchError(f"an input of module '{rule.name}' was modified in place after the module "
                                "used it; per-sample gradients need it unchanged (use inplace=False there)")
         B = self._norm_sq.shape[0]
-        if isinstance(rule, GenericRule):
+        if isinstance(rule, (GenericRule, OpRule)):
             return
         a, g = call.args[0], next(g for g in call.grads if g is not None)
         if a.is_floating_point() and a.dtype != g.dtype:  # autocast ran the layer in g's precision
@@ -236,7 +362,7 @@ class OwnBackend:
         finally:
             self._collecting = False
             self._calls, self._frontier = {}, []
-        self.layer_report.sort(key=lambda r: self._order[r.pop("_module")])
+        self.layer_report.sort(key=lambda r: r.pop("_order"))
         norms = self._norm_sq.sqrt()
         coef = (self.max_grad_norm / norms).clamp(max=1.0)
         if two_pass:
@@ -264,6 +390,6 @@ class OwnBackend:
         for h in [*self._root_handles, *self._handles.values()]:
             h.remove()
         self._root_handles, self._handles = [], {}
-        if self._use_check is not None:
-            self._use_check.abort()
+        if self._tracer is not None:
+            self._tracer.stop()
 

@@ -1,81 +1,154 @@
-"""A one-time check, during the first recorded forward, of where every trainable parameter is used.
-A parameter used outside the forward of the module that owns it would escape that layer's rule."""
+"""How the forward consumes trainable parameters, operation by operation (a torch function mode).
+
+The first forward is surveyed: every use of every trainable parameter is recorded with the modules
+whose forward was running, as one of
+- a *site*: an operation with batched outputs that consumes the parameter or a tensor computed from
+  parameters alone (`x + pos_embed`, `cls_token.expand(B, …)`, `F.linear(x, qkv.weight, qkv_bias)`);
+- *derived*: an operation on parameters and constants alone (`cat((q_bias, k_bias, v_bias))`, a bias
+  table indexed by a buffer); its outputs are watched in turn;
+- *unsupported*: batched inputs but an output without the batch, which no per-sample rule can follow.
+The engine then decides, per group of parameters, between its module rule, an operation rule
+(layers/ops.py) and the generic replay of a module. Later forwards watch only the parameters that the
+operation rules cover, and hand each site to the engine."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from dpbench.clipping.layers.ops import Operand
+from dpbench.errors import DpbenchError
+
+_INPLACE_DUNDER = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ipow__"}
+_EXPANDERS = (Tensor.expand, Tensor.expand_as, Tensor.broadcast_to, torch.broadcast_to)
 
 
+def _name(func) -> str:
+    return getattr(func, "__name__", type(func).__name__)
 
-class ParameterUseCheck(TorchFunctionMode):
-    """Watches the first forward for parameters used outside their module's own forward.
 
-    Such a parameter (timm's BEiT computes `F.linear(x, self.qkv.weight, qkv_bias)` in its attention
-    module; a tied output layer uses `self.embed.weight` in the model's forward) is handed over to the
-    generic rule of the innermost module whose forward contains every use: `finish()` returns these
-    hand-overs. Every module's calls are offered to `on_output` meanwhile, so that a module which
-    becomes a host has its first forward recorded too."""
+def _inplace(func) -> bool:
+    name = _name(func)
+    return name in _INPLACE_DUNDER or (name.endswith("_") and not name.endswith("__"))
 
-    def __init__(self, model: nn.Module, rules: dict, on_output):
+
+@dataclass
+class Use:
+    """One operation of the surveyed forward that consumed parameters."""
+
+    params: tuple  # the parameters consumed, directly or through a computed tensor
+    kind: str  # "site", "derived" or "unsupported"
+    stack: tuple  # the modules whose forward was running, outermost first
+    op: str
+
+
+class ParameterTracer(TorchFunctionMode):
+    """Watches the operations of a forward that consume `params` (see the module docstring).
+
+    `on_site(func, args, kwargs, out, operands, inputs_need_grad)` receives every site; with `survey`
+    the uses are also collected in `uses`, with the module stack (and `on_output` sees every module's
+    output, so that the engine can record the calls of modules that may become generic hosts)."""
+
+    def __init__(self, params, on_site, survey: bool = False, on_output=None):
         super().__init__()
-        from dpbench.clipping.layers import GenericRule
-
-        self.owner = {}  # id(param) -> (param, owning module, its name there, owner's forward covers subtree)
-        for module, rule in rules.items():
-            for pname, p in rule.params.items():
-                self.owner[id(p)] = (p, module, pname, isinstance(rule, GenericRule))
-        self.model = model
+        self.params = {id(p): p for p in params}
+        self.on_site = on_site
+        self.survey = survey
         self.on_output = on_output
+        self.names: dict[int, str] = {}
+        self.batch = None
+        self.derived: dict[int, tuple] = {}  # id -> (tensor, the parameters it is computed from)
+        self.uses: list[Use] = []
         self.stack: list[nn.Module] = []
-        self.handovers: dict[int, tuple] = {}  # id(param) -> (param, owner, name in owner, host)
-        self._handles = []
+        self._handles: list = []
+        self._active = False
 
-    def start(self) -> None:
-        """Begin watching (called when the root forward starts)."""
-        self.stack = [self.model]
-        self._handles = [
-            nn.modules.module.register_module_forward_pre_hook(lambda m, a: self.stack.append(m)),
-            nn.modules.module.register_module_forward_hook(self._post, with_kwargs=True, always_call=True),
-        ]
+    def start(self, model: nn.Module, batch: int) -> None:
+        """Begin watching a forward of `model` on a batch of `batch` samples."""
+        self.batch, self.derived = batch, {}
+        if self.survey:
+            self.names = {id(p): n for n, p in model.named_parameters()}
+            self.stack = [model]
+            self._handles = [
+                nn.modules.module.register_module_forward_pre_hook(lambda m, a: self.stack.append(m)),
+                nn.modules.module.register_module_forward_hook(self._post, with_kwargs=True, always_call=True)]
         self.__enter__()
+        self._active = True
+
+    def stop(self) -> None:
+        """Stop watching (idempotent)."""
+        if self._active:
+            self.__exit__(None, None, None)
+            self._active = False
+        for h in self._handles:
+            h.remove()
+        self._handles, self.derived = [], {}
 
     def _post(self, module, args, kwargs, output):
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
-        self.on_output(module, args, kwargs, output)
+        if self.on_output is not None:
+            self.on_output(module, args, kwargs, output)
 
-    def finish(self) -> list[tuple]:
-        """Stop watching; the hand-overs (param, owner module, name in owner, host module)."""
-        self.abort()
-        return list(self.handovers.values())
+    def _origin(self, x) -> tuple | None:
+        if not isinstance(x, Tensor):
+            return None
+        p = self.params.get(id(x))
+        if p is x:
+            return (x,)
+        entry = self.derived.get(id(x))
+        return entry[1] if entry is not None and entry[0] is x else None
 
-    def abort(self) -> None:
-        """Stop watching."""
-        if self._handles:
-            self.__exit__(None, None, None)
-            for h in self._handles:
-                h.remove()
-            self._handles = []
+    def _watched(self, args, kwargs) -> bool:
+        for x in (*args, *kwargs.values()):
+            if isinstance(x, (list, tuple)):
+                if any(self._origin(y) for y in x):
+                    return True
+            elif self._origin(x):
+                return True
+        return False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for x in tree_flatten((args, kwargs))[0]:
-            if isinstance(x, torch.Tensor) and id(x) in self.owner:
-                self._judge(x)
-        return func(*args, **kwargs)
-
-    def _judge(self, p: torch.Tensor) -> None:
-        p, module, pname, subtree_ok = self.owner[id(p)]
-        if self.stack[-1] is module or (subtree_ok and module in self.stack):
-            return
-        host = next(m for m in reversed(self.stack) if any(s is module for s in m.modules()))
-        previous = self.handovers.get(id(p))
-        if previous is not None and previous[3] is not host:
-            if any(s is host for s in previous[3].modules()):
-                return  # the earlier host already contains this use
-            if not any(s is previous[3] for s in host.modules()):
-                host = self.model  # uses in two branches: only the whole model contains both
-        self.handovers[id(p)] = (p, module, pname, host)
+        if not self._watched(args, kwargs):
+            return func(*args, **kwargs)
+        leaves, spec = tree_flatten((args, kwargs))
+        operands = tuple(Operand(i, x, self._origin(x)) for i, x in enumerate(leaves) if self._origin(x))
+        positions = {o.position for o in operands}
+        # inputs that carry the batch: batch-first, or differentiable without being computed from
+        # parameters alone (a layout with the batch elsewhere then shows as unsupported, never as derived)
+        batched = [i for i, x in enumerate(leaves) if i not in positions and isinstance(x, Tensor)
+                   and ((x.dim() > 0 and x.shape[0] == self.batch) or x.requires_grad)]
+        inplace = _inplace(func)
+        inputs_need_grad = any(leaves[i].requires_grad for i in batched)  # before an in-place operation
+        recorded = (args, kwargs)
+        if inplace and batched:  # the rule needs the inputs as they were before the operation
+            kept = [x.detach().clone() if i in batched else x for i, x in enumerate(leaves)]
+            recorded = tree_unflatten(kept, spec)
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
+        if not outs:
+            return out
+        params = tuple({id(p): p for o in operands for p in o.params}.values())
+        all_batched = all(t.dim() > 0 and t.shape[0] == self.batch for t in outs)
+        if batched or (func in _EXPANDERS and all_batched):
+            if all_batched and not (inplace and 0 in positions):
+                kind = "site"
+                self.on_site(func, *recorded, out, operands, inputs_need_grad)
+            else:
+                kind = "unsupported"
+                if not self.survey:
+                    raise DpbenchError(f"operation {_name(func)} consumes a trainable parameter in a way "
+                                       "dpbench has no per-sample rule for (batched input, output without the "
+                                       "batch dimension); it was not used so in the first forward")
+        else:
+            kind = "derived"
+            for t in outs:
+                self.derived[id(t)] = (t, params)
+        if self.survey:
+            self.uses.append(Use(params, kind, tuple(self.stack), _name(func)))
+        return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -24,6 +24,8 @@ class Call:
     grads: list = field(default_factory=list)  # one per hooked output leaf, None until seen
     pending: int = 0
     autocast: tuple | None = None  # (device type, dtype) when the forward ran under autocast
+    key: object = None  # the module (or operation rule) whose calls this one joins; None: not processed
+    unbatched: frozenset = frozenset()  # positions in the flattened (args, kwargs) that are never batch-sliced
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,9 @@ def batch_slice(calls: list[Call], rows: slice, batch: int) -> list[Call]:
     out = []
     for c in calls:
         leaves, spec = tree_flatten((c.args, c.kwargs))
-        args, kwargs = tree_unflatten([cut(x) for x in leaves], spec)
-        out.append(Call(args, kwargs, c.versions, c.out_spec, c.out_index,
-                        tuple(((rows.stop - rows.start, *m[0][1:]), *m[1:]) for m in c.out_meta),
-                        [cut(g) for g in c.grads], 0, c.autocast))
+        args, kwargs = tree_unflatten([x if i in c.unbatched else cut(x) for i, x in enumerate(leaves)], spec)
+        out.append(replace(c, args=args, kwargs=kwargs, pending=0, grads=[cut(g) for g in c.grads],
+                           out_meta=tuple(((rows.stop - rows.start, *m[0][1:]), *m[1:]) for m in c.out_meta)))
     return out
 
 

@@ -61,6 +61,9 @@ class GenericRule(LayerRule):
         leaves, spec = tree_flatten((call.args, call.kwargs))
         batched = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.dim() > 0
                    and x.shape[0] == B]
+        if not batched:
+            raise DpbenchError(f"module '{self.name}' ({type(self.module).__name__}) got no input with the "
+                               f"batch ({B} samples) as leading dimension: dpbench needs batch-first inputs")
         params = {n: p.detach() for n, p in self.params.items()}
         module, out_spec_index = self.module, call.out_index
 

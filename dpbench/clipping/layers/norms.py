@@ -28,22 +28,28 @@ class LayerNormRule(_AffineNormRule):
     def instantiate(self, calls):
         out = {}
         for c in calls:
-            g = c.grads[0]
-            part = {}
-            if "weight" in self.params:
-                normalised = F.layer_norm(c.args[0], self.module.normalized_shape, None, None, self.module.eps)
-                part["weight"] = self._reduce(g * normalised)
-            if "bias" in self.params:
-                part["bias"] = self._reduce(g)
+            part = layer_norm_grads(c.args[0], c.grads[0], self.module.normalized_shape, self.module.eps,
+                                    "weight" in self.params, "bias" in self.params)
             for n, v in part.items():
                 out[n] = out[n] + v if n in out else v
         return out
 
-    def _reduce(self, t):
-        """Sum a [B, ..., *normalized_shape] tensor down to [B, *normalized_shape]."""
-        k = len(self.module.normalized_shape)
+
+def layer_norm_grads(x, g, normalized_shape, eps: float, weight: bool, bias: bool) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of a layer norm's affine parameters: Σ g·x̂ and Σ g over the positions
+    between the batch and the normalized dims."""
+    k = len(normalized_shape)
+
+    def reduce(t):
         lead = tuple(range(1, t.dim() - k))
         return t.sum(lead) if lead else t
+
+    out = {}
+    if weight:
+        out["weight"] = reduce(g * F.layer_norm(x, normalized_shape, None, None, eps))
+    if bias:
+        out["bias"] = reduce(g)
+    return out
 
 
 class GroupNormRule(_AffineNormRule):
