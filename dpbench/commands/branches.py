@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from dpbench.measure.cli_args import one_line_errors, positive_int
 
 
@@ -18,7 +20,23 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=positive_int, default=3, help="runs of each branch; the best counts (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="result JSON file")
+    p.add_argument("--out-md", default=None, help="also a Markdown table of the layers (optional)")
     p.set_defaults(func=run)
+
+
+def markdown(result: dict, command: str) -> str:
+    """The per-layer table of a branches result, with the command that measured it."""
+    c = result["config"]
+    lines = [f"# Ghost norm or instantiation, per layer: {c['model']} at {c['image_size']}², batch {c['batch_size']}",
+             "", f"Measured by `{command}` ({c['device']}, {c['threads'] or 'default'} thread(s), best of "
+             f"{c['repeats']} runs per branch on the whole batch; commit {result['environment'].get('git_commit')}).",
+             "", f"The paper's space rule (ghost iff 2T² ≤ p·d) picks the faster branch in {result['rules_agree']} of "
+             f"{result['layers_with_ghost']} layers.", "",
+             "| layer | T | d | p | space rule | ghost ms | instantiate ms | faster |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["layers"]:
+        lines.append(f"| {r['name']} | {r['T']} | {r['d']} | {r['p']} | {r['space_rule']} | {r['ghost_s'] * 1e3:.2f} "
+                     f"| {r['instantiate_s'] * 1e3:.2f} | {r['faster']} |")
+    return "\n".join(lines) + "\n"
 
 
 def run(args) -> int:
@@ -28,7 +46,7 @@ def run(args) -> int:
     from dpbench.measure.child import build
     from dpbench.measure.config import BenchConfig
     from dpbench.models import default_image_size
-    from dpbench.results import environment, write_json_atomic
+    from dpbench.results import environment, write_json_atomic, write_text_atomic
 
     config = BenchConfig(algorithm="nonprivate", model=args.model, batch_size=args.batch_size,
                          image_size=args.image_size, num_classes=args.num_classes, device=args.device,
@@ -47,6 +65,9 @@ def run(args) -> int:
               "layers": rows, "rules_agree": agree, "layers_with_ghost": len(rows),
               "environment": environment(args.device, "float32", args.seed)}
     write_json_atomic(args.out, result)
+    if args.out_md:
+        command = "dpbench branches " + " ".join(a for a in sys.argv[2:] if a not in ("--out-md", args.out_md))
+        write_text_atomic(args.out_md, markdown(result, command))
     for r in rows:
         print(f"{r['name']:32s} T={r['T']:<6} d={r['d']:<6} p={r['p']:<5} space rule {r['space_rule']:<11} "
               f"ghost {r['ghost_s'] * 1e3:8.2f} ms  instantiate {r['instantiate_s'] * 1e3:8.2f} ms  faster {r['faster']}")
