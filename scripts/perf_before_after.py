@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dpbench.clipping import ALGORITHMS  # noqa: E402
+from dpbench.measure.cli_args import positive_int  # noqa: E402
 from dpbench.report.performance import RATIO_COLUMNS  # noqa: E402  (what perf-report --ratios reads)
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
@@ -91,15 +92,7 @@ def parse_args(argv=None):
 
 def image_size(text: str) -> int | str:
     """argparse type: a positive number of pixels, or 'model' (each model's default input size)."""
-    if text == "model":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of pixels nor 'model': {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return text if text == "model" else positive_int(text)
 
 
 def size_of(args, model: str) -> int:
