@@ -123,3 +123,22 @@ def test_vit_config_dry_run(tmp_path):
     jobs = dict(line.split() for line in stats.strip().splitlines()[2:])
     assert jobs == {"profile": "2", "perf_report": "1", "all": "1"}
     assert "perf-report --layout vit" in output and "--out paper/vit_performance.md" in output
+
+
+def test_vit_report_shows_the_cost_model_bound_beside_the_measured_ratio(tmp_path):
+    """The bound is Σ time_nonprivate ÷ Σ time_<algorithm> over the complexity table's layers."""
+    table = tmp_path / "deit_tiny_patch16_224_s224.csv"
+    pd.DataFrame({"model": ["deit_tiny_patch16_224"] * 2, "image_size": [224, 224], "layer": ["a", "b"],
+                  "time_nonprivate": [3.0, 1.0], "time_bk_mixed": [4.0, 1.0], "time_mixed_ghost": [6.0, 2.0],
+                  "time_opacus": [4.0, 1.0], "time_opacus_ghost": [7.0, 3.0]}).to_csv(table, index=False)
+    out = tmp_path / "vit_performance.md"
+    assert main(["perf-report", "--layout", "vit", "--ratios", str(ratios_csv(tmp_path / "vit_ratios.csv")),
+                 "--cost-model", str(table), "--out", str(out)]) == 0
+    text = out.read_text()
+    tiny = r"\| deit_tiny_patch16_224 224², batch 8, 1 run at a time +"
+    assert re.search(tiny + r"\| BK mixed +\| 0.52 +\| 0.85 \(0.80–0.90\) +\| 0.80 +\| ≥ 0.8 +\| met", text), text
+    assert re.search(tiny + r"\| Mixed ghost +\| 0.39 +\| 0.55 +\| 0.50 +\|", text)
+    beit = r"\| beit_base_patch16_224 224², batch 8, 1 run at a time +"
+    assert re.search(beit + r"\| BK mixed +\| — +\| 0.70 +\| — +\|", text)  # no table for that model
+    assert "Cost model ÷ NP: the analytic bound" in text
+    assert main(["perf-report", "--cost-model", str(table), "--profile", "x.json", "--out", str(out)]) == 2

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--layout", choices=["study", "vit"], default="study",
                    help="study: the targets of this run's results (default); vit: the vision transformers' "
                         "targets before and after, from --ratios and --before-after, with this run's profiles")
+    p.add_argument("--cost-model", nargs="*", default=[], metavar="CSV",
+                   help="--layout vit: `dpbench complexity` tables whose predicted time ratios are shown beside the "
+                        "measured ones (the analytic bound of each algorithm)")
     p.add_argument("--out", required=True, help="the Markdown report to write")
     p.set_defaults(func=run)
 
@@ -56,6 +59,8 @@ def run_vit(args) -> int:
     from dpbench.report import performance, vit_performance
     from dpbench.results import write_text_atomic
 
+    if args.cost_model and args.layout != "vit":
+        raise DpbenchError("--cost-model is shown by --layout vit only")
     if args.bench or args.maxbatch:
         raise DpbenchError("--layout vit reads the committed --ratios and --before-after, not --bench or --maxbatch")
     if not (args.ratios or args.before_after or args.profile):
@@ -66,7 +71,8 @@ def run_vit(args) -> int:
 
     text = vit_performance.render(vit_performance.read_ratios(args.ratios),
                                   performance.read_before_after(args.before_after),
-                                  performance.profile_results(args.profile), name(args.ratios), name(args.before_after))
+                                  performance.profile_results(args.profile), name(args.ratios), name(args.before_after),
+                                  vit_performance.cost_model_bounds(args.cost_model))
     write_text_atomic(args.out, text)
     print(f"dpbench perf-report: wrote {args.out}")
     return 0

@@ -35,6 +35,18 @@ def read_ratios(path: str | Path | None) -> pd.DataFrame | None:
     return frame.assign(status=frame["status"].fillna("ok"))
 
 
+def cost_model_bounds(paths: list[str]) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (model, input size): the cost model's predicted throughput ratio to non-private of every
+    algorithm (Σ time_nonprivate ÷ Σ time_<algorithm> over the layers of a `dpbench complexity` table)."""
+    bounds = {}
+    for path in paths:
+        frame = pd.read_csv(path)
+        totals = frame[[c for c in frame.columns if c.startswith("time_")]].sum()
+        key = (str(frame["model"].iloc[0]), int(frame["image_size"].iloc[0]))
+        bounds[key] = {c.removeprefix("time_"): totals["time_nonprivate"] / v for c, v in totals.items() if v > 0}
+    return bounds
+
+
 def _ratio_text(row: pd.Series | None, column: str) -> str:
     if row is None:
         return "—"
@@ -72,10 +84,12 @@ def _versus_opacus(mine: float, found: dict) -> str:
     return f"{verdict} ({', '.join(f'{mine / value:.2f}× {algorithm_label(name)}' for name, value in ran.items())})"
 
 
-def target_rows(ratios: pd.DataFrame) -> list[dict]:
+def target_rows(ratios: pd.DataFrame, bounds: dict | None = None) -> list[dict]:
     """One row per (model, input size, batch size, runs at a time, algorithm) of the DP and Opacus
-    algorithms: the ratios before and after, and the verdicts of the after engine (a configuration whose
-    after runs are still missing is 'not measured')."""
+    algorithms: the ratios before and after, the cost model's bound where `bounds` has the model
+    (cost_model_bounds), and the verdicts of the after engine (a configuration whose after runs are still
+    missing is 'not measured')."""
+    bounds = bounds or {}
     rows = []
     for (model, batch, jobs), group in ratios.groupby(["model", "batch_size", "jobs"], sort=False):
         found = {(r["engine"], r["algorithm"]): r for _, r in group.iterrows()}
@@ -88,6 +102,7 @@ def target_rows(ratios: pd.DataFrame) -> list[dict]:
             row = {"configuration": configuration, "algorithm": algorithm_label(algorithm),
                    "throughput ÷ NP before": _ratio_text(before, "throughput_ratio"),
                    "throughput ÷ NP after": _ratio_text(after, "throughput_ratio"),
+                   **({"cost model ÷ NP": _bound_text(bounds, model, size, algorithm)} if bounds else {}),
                    "throughput target": f"≥ {bound:g}" if bound else "",
                    "throughput verdict": _verdict(_value(after, "throughput_ratio"), bound, True) if bound else "",
                    "memory ÷ NP before": _ratio_text(before, "memory_ratio"),
@@ -101,6 +116,11 @@ def target_rows(ratios: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def _bound_text(bounds: dict, model: str, size: pd.Series, algorithm: str) -> str:
+    found = bounds.get((model, int(size.iloc[0]))) if len(size) else None
+    return f"{found[algorithm]:.2f}" if found and algorithm in found else "—"
+
+
 def failures(ratios: pd.DataFrame) -> list[str]:
     """The errors of the configurations whose runs all failed, one line each."""
     failed = ratios[ratios["status"] != "ok"]
@@ -108,7 +128,7 @@ def failures(ratios: pd.DataFrame) -> list[str]:
 
 
 def render(ratios: pd.DataFrame | None, before_after: pd.DataFrame | None, profiles: list[dict],
-           ratios_name: str, before_after_name: str) -> str:
+           ratios_name: str, before_after_name: str, bounds: dict | None = None) -> str:
     """The Markdown report; `ratios_name` and `before_after_name` name the committed CSVs in its text."""
     environments = [p["environment"] for p in profiles]
     lines = ["# Performance report: vision transformers, private vs non-private training", "",
@@ -126,11 +146,14 @@ def render(ratios: pd.DataFrame | None, before_after: pd.DataFrame | None, profi
               "the working tree's (commits in the before/after table). Verdicts are the after engine's: "
               f"{', '.join(f'{algorithm_label(a)} ≥ {b:g}×' for a, b in THROUGHPUT_TARGETS.items())} of non-private "
               f"throughput, step memory ≤ {MEMORY_TARGET:g}×, and a higher throughput than each Opacus row that "
-              "runs (the factor over it in brackets).", ""]
+              "runs (the factor over it in brackets)."
+              + (" Cost model ÷ NP: the analytic bound, the predicted time of non-private training ÷ the "
+                 "algorithm's (`dpbench complexity`: multiply-adds of every layer's forward, gradients, norms and "
+                 "sums; attention, softmax and elementwise work are not counted)." if bounds else ""), ""]
     if ratios is None:
         lines += [f"Not measured: no ratios table (`{ratios_name}`).", ""]
     else:
-        rows = target_rows(ratios)
+        rows = target_rows(ratios, bounds)
         lines += [_markdown(pd.DataFrame(rows)) if rows else f"No DP or Opacus row in `{ratios_name}`.", ""]
         failed = failures(ratios)
         if failed:

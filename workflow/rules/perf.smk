@@ -17,6 +17,7 @@ rule perf_report:
         profile=profile_files(),
         before_after=before_after_input,
         ratios=ratios_input,
+        cost_model=cost_model_files(),
     output:
         report(PERFORMANCE, caption=PERFORMANCE_CAPTION, category="Performance"),
     log:
@@ -25,6 +26,7 @@ rule perf_report:
         dpbench=DPBENCH,
         before_after=before_after_option,
         ratios=ratios_option,
+        cost_model=cost_model_option,
         layout=layout_option(),
     threads: 1
     resources:
@@ -34,4 +36,5 @@ rule perf_report:
         CONDA_ENV
     shell:
         "{params.dpbench} perf-report {params.layout} --bench {input.bench} --maxbatch {input.maxbatch}"
-        " --profile {input.profile} {params.before_after} {params.ratios} --out {output} > {log} 2>&1"
+        " --profile {input.profile} {params.before_after} {params.ratios} {params.cost_model}"
+        " --out {output} > {log} 2>&1"

@@ -70,3 +70,13 @@ def ratios_input(wildcards):
 
 def ratios_option(wildcards, input):
     return f"--ratios {shlex.quote(input.ratios[0])}" if input.ratios else ""
+
+
+def cost_model_files():
+    """The analytic cost tables (rule complexity) of the models whose bounds the vit report shows."""
+    return sorted({COMPLEXITY_CSV.format(model=m, image_size=i) for entry in _PERFORMANCE.get("cost_model", [])
+                   for m in entry["models"] for i in entry["image_sizes"]})
+
+
+def cost_model_option(wildcards, input):
+    return f"--cost-model {' '.join(shlex.quote(f) for f in input.cost_model)}" if input.cost_model else ""
