@@ -276,6 +276,7 @@ def test_layer_report_lists_every_parameterised_layer_in_forward_order():
     assert names == ["0", "1", "3", "5"]
     conv = engine.layer_report[2]
     assert (conv["T"], conv["d"], conv["p"], conv["groups"]) == (9, 2 * 9, 2, 2)
+    assert conv["path"] == "module" and conv["params"] == ["3.weight", "3.bias"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
