@@ -28,11 +28,16 @@ def test_every_ghost_capable_layer_is_timed_and_compared_with_the_space_rule():
 
 
 def test_the_command_writes_json_and_refuses_bad_input(tmp_path, capsys):
-    out = tmp_path / "branches.json"
+    out, md = tmp_path / "branches.json", tmp_path / "branches.md"
     assert main(["branches", "--model", "cnn", "--batch-size", "2", "--image-size", "8", "--repeats", "1",
-                 "--threads", "1", "--out", str(out)]) == 0
+                 "--threads", "1", "--out", str(out), "--out-md", str(md)]) == 0
     result = json.loads(out.read_text())
     assert result["kind"] == "branches" and result["layers_with_ghost"] == len(result["layers"]) == 8
+    table = md.read_text()
+    assert f"picks the faster branch in {result['rules_agree']} of 8 layers" in table
+    assert table.count("\n| ") == 1 + 8  # header and one row per layer
+    first = result["layers"][0]
+    assert f"| {first['name']} | {first['T']} | {first['d']} | {first['p']} | {first['space_rule']} |" in table
     assert 0 <= result["rules_agree"] <= 8 and result["environment"]["torch"]
     assert main(["branches", "--model", "no_such_model", "--batch-size", "2", "--out", str(out)]) == 2
     assert "unknown model" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from dpbench.measure.cli_args import one_line_errors, positive_int
 
 
@@ -66,7 +64,8 @@ def run(args) -> int:
               "environment": environment(args.device, "float32", args.seed)}
     write_json_atomic(args.out, result)
     if args.out_md:
-        command = "dpbench branches " + " ".join(a for a in sys.argv[2:] if a not in ("--out-md", args.out_md))
+        command = (f"dpbench branches --model {args.model} --image-size {size} --batch-size {args.batch_size}"
+                   f" --device {args.device} --threads {args.threads} --repeats {args.repeats} --out {args.out}")
         write_text_atomic(args.out_md, markdown(result, command))
     for r in rows:
         print(f"{r['name']:32s} T={r['T']:<6} d={r['d']:<6} p={r['p']:<5} space rule {r['space_rule']:<11} "
