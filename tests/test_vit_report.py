@@ -113,7 +113,7 @@ def test_runs_of_earlier_versions_keep_the_cnn_table_columns():
 
 
 def test_vit_config_dry_run(tmp_path):
-    """config/vit_cpu.yaml validates and plans the BEiT profiles and the report only."""
+    """config/vit_cpu.yaml validates and plans the BEiT profiles, the four models' cost tables and the report."""
     run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
                           "-n", "-p", "--configfile", str(REPO / "config" / "vit_cpu.yaml")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -121,8 +121,9 @@ def test_vit_config_dry_run(tmp_path):
     assert run.returncode == 0, output[-3000:]
     stats = output.split("Job stats:", 1)[1].split("total", 1)[0]
     jobs = dict(line.split() for line in stats.strip().splitlines()[2:])
-    assert jobs == {"profile": "2", "perf_report": "1", "all": "1"}
+    assert jobs == {"complexity": "4", "profile": "2", "perf_report": "1", "all": "1"}
     assert "perf-report --layout vit" in output and "--out paper/vit_performance.md" in output
+    assert "--cost-model results/complexity/beit_base_patch16_224_s224.csv" in output
 
 
 def test_vit_report_shows_the_cost_model_bound_beside_the_measured_ratio(tmp_path):
