@@ -36,7 +36,7 @@ from dpbench.results import environment, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The project's targets (issue 4), reported next to the measurements; never asserted.
+# The project's first CPU targets, reported next to the measurements; never asserted.
 TARGETS = [
     ("mixed_ghost throughput ≥ 0.6× nonprivate", lambda r: r["throughput_ratio"].get("mixed_ghost"), 0.6, ">="),
     ("bk_mixed throughput ≥ 0.85× nonprivate", lambda r: r["throughput_ratio"].get("bk_mixed"), 0.85, ">="),
@@ -216,7 +216,7 @@ def markdown(summary: pd.DataFrame, raw: pd.DataFrame, args, command: str, start
         "",
         ratios.to_markdown(index=False),
         "",
-        "## Targets (issue 4; for later optimisation work, not asserted)",
+        "## Targets (the project's first CPU targets; for later optimisation work, not asserted)",
         "",
         *target_lines(summary),
         "",

@@ -62,7 +62,7 @@ PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32  # opac
          "--rounds 3",
          ".venv/bin/python scripts/perf_before_after.py --batch-sizes 32 64 --algorithms nonprivate mixed_ghost bk_mixed "
          "--rounds 6 --jobs 1 --engines after  # ratio-only: one run at a time"]
-BASELINE = "837c1d2"  # the engine as issue 6 found it (end of the engine issue, H200 run paper/gpu_h200_engine_v1.md)
+BASELINE = "837c1d2"  # the first engine, before the CPU optimisation (end of the engine work, H200 run paper/gpu_h200_engine_v1.md)
 
 
 def parse_args(argv=None):
@@ -313,7 +313,7 @@ def markdown(table: pd.DataFrame, ratios: pd.DataFrame, args, env: dict, started
              parts: list[str] = PARTS, separate: bool = False) -> str:
     baseline = baseline or args.baseline
     after = table["after_commit"].iloc[0] if len(table) else "not measured"
-    title = ("Engine before / after issue 6" if baseline == BASELINE else
+    title = ("Engine before / after the CPU optimisation" if baseline == BASELINE else
              f"Clipping engine before / after: `{baseline}` and the working tree")
     lines = [f"# {title} (CPU, 1 thread per run)", "",
              f"Measured {started} on {env['device_name']} ({os.cpu_count()} cores), torch {env['torch']}; "

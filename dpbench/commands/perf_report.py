@@ -1,4 +1,4 @@
-"""`dpbench perf-report`: paper/performance.md, the targets of issue 6 measured in this run, the
+"""`dpbench perf-report`: paper/performance.md, the CNN performance targets measured in this run, the
 before/after table and the torch.profiler summary per algorithm; with `--layout vit` the vision
 transformers' report (paper/vit_performance.md), rendered from the committed ratios over alternating runs
 of both engines and the before/after table, with the profiles of this run."""

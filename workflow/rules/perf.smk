@@ -1,4 +1,4 @@
-"""paper/performance.md (`dpbench perf-report`): the targets of issue 6 measured in this run, the
+"""paper/performance.md (`dpbench perf-report`): the CNN performance targets measured in this run, the
 committed before/after table and ratios over alternating runs (paper/perf_before_after.csv,
 paper/perf_ratios.csv, when they exist) and the profiler summary; or, where the config's `performance`
 section says so, another report from other committed tables (config/vit_cpu.yaml: the vision
