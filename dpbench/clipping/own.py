@@ -36,6 +36,14 @@ def _autocast_of(t: torch.Tensor) -> tuple | None:
     return (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
 
 
+def _new_call(cls, args, kwargs, leaves: list, spec, index: tuple, key, **extra) -> Call:
+    """The record of one call (a module's or an operation's) whose differentiable outputs are
+    `leaves[i]` for i in `index`, its gradients still to come."""
+    return cls(args, kwargs, tuple(x._version for x in _tensors((args, kwargs))), spec, index,
+               tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
+               [None] * len(index), len(index), _autocast_of(leaves[index[0]]), key, **extra)
+
+
 def _release(calls: list[Call]) -> None:
     """Drop a layer's inputs and output gradients once used: the output tensors' hooks still point at
     these calls while the graph lives (until the second backward), which would keep them alive."""
@@ -117,10 +125,8 @@ class OwnBackend:
         index = tuple(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad)
         site = site_for(func, tree_flatten((args, kwargs))[0], operands, [leaves[i] for i in index])
         key = self._op_key(operands) if not self._tracer.survey else None
-        call = OpCall(args, kwargs, tuple(x._version for x in _tensors((args, kwargs))), spec, index,
-                      tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
-                      [None] * len(index), len(index), _autocast_of(leaves[index[0]]), key,
-                      frozenset(o.position for o in operands), func=func, site=site, operands=operands)
+        call = _new_call(OpCall, args, kwargs, leaves, spec, index, key,
+                         unbatched=frozenset(o.position for o in operands), func=func, site=site, operands=operands)
         self._hook_outputs(call, leaves, inputs_need_grad)
         if key is None:
             self._surveyed_sites.append(call)
@@ -173,10 +179,9 @@ class OwnBackend:
             else:
                 self._make_op_rule([params[i] for i in group], owners)
         for call in self._surveyed_sites:
-            rules = {id(self._op_rule_of.get(id(p))): self._op_rule_of.get(id(p))
-                     for o in call.operands for p in o.params}
-            rule = next(iter(rules.values()))
-            if len(rules) == 1 and rule is not None:
+            found = [self._op_rule_of.get(id(p)) for o in call.operands for p in o.params]
+            rule = found[0]
+            if rule is not None and all(r is rule for r in found):
                 call.key = rule
                 self._calls.setdefault(rule, []).append(call)
         self._surveyed_sites, self._candidates = [], {}
@@ -240,12 +245,9 @@ class OwnBackend:
         index = tuple(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad)
         if not index:
             return
-        inputs = _tensors((args, kwargs))
-        call = Call(args, kwargs, tuple(x._version for x in inputs), spec, index,
-                    tuple((leaves[i].shape, leaves[i].dtype, leaves[i].device) for i in index),
-                    [None] * len(index), len(index), _autocast_of(leaves[index[0]]), module)
+        call = _new_call(Call, args, kwargs, leaves, spec, index, module)
         (self._calls if store is None else store).setdefault(module, []).append(call)
-        self._hook_outputs(call, leaves, any(x.requires_grad for x in inputs))
+        self._hook_outputs(call, leaves, any(x.requires_grad for x in _tensors((args, kwargs))))
 
     def _hook_outputs(self, call: Call, leaves: list, inputs_need_grad: bool) -> None:
         """Catch the gradients of the call's outputs; outputs of calls whose inputs need no gradient

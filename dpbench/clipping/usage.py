@@ -117,7 +117,8 @@ class ParameterTracer(TorchFunctionMode):
         if not self._watched(args, kwargs):
             return func(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
-        operands = tuple(Operand(i, x, self._origin(x)) for i, x in enumerate(leaves) if self._origin(x))
+        origins = [(i, x, self._origin(x)) for i, x in enumerate(leaves)]
+        operands = tuple(Operand(i, x, params) for i, x, params in origins if params)
         positions = {o.position for o in operands}
         # inputs that carry the batch: batch-first, or differentiable without being computed from
         # parameters alone (a layout with the batch elsewhere then shows as unsupported, never as derived)
