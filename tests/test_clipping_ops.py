@@ -4,6 +4,7 @@ the generic module replay remains only where no operation rule applies."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -26,7 +27,7 @@ FAMILIES = {
                                                  depth=2, num_classes=10), 32, {"add", "expand", "layer_norm"}),
     "beit": (lambda: timm.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
                                        num_heads=2, num_classes=10),
-             32, {"expand", "mul", "layer_norm", "linear", "replay:scaled_dot_product_attention"}),
+             32, {"expand", "mul", "layer_norm", "linear", "attention_mask"}),
     "crossvit": (lambda: timm.create_model("crossvit_tiny_240", img_size=32, img_scale=(1.0, 1.0), patch_size=[8, 16],
                                            embed_dim=[16, 32], depth=[[1, 1, 0]], num_heads=[2, 2],
                                            mlp_ratio=[2, 2, 1], num_classes=10), 32, {"add", "expand"}),
@@ -199,3 +200,42 @@ def test_operations_without_a_batch_first_output_fall_back_to_the_module_replay(
     report = {r["name"]: r for r in engine.layer_report}
     assert report["SequenceFirst"]["path"] == "replay" and report["SequenceFirst"]["params"] == ["pos"]
     assert report["inner"]["path"] == "module"
+
+
+class MaskedAttention(nn.Module):
+    """Attention whose additive mask is a parameter, or a table indexed by a buffer, of a random
+    broadcast shape, passed by position or by keyword (BEiT's relative-position bias)."""
+
+    def __init__(self, mask_shape, indexed: bool, keyword: bool, heads=2, tokens=4, dim=6):
+        super().__init__()
+        self.heads, self.keyword, self.indexed = heads, keyword, indexed
+        self.qkv = nn.Linear(dim, 3 * dim)
+        numel = math.prod(mask_shape)
+        self.mask = nn.Parameter(torch.randn(numel + 3 if indexed else mask_shape) * 0.5)
+        self.register_buffer("index", torch.randperm(numel + 3)[:numel])
+        self.mask_shape = mask_shape
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):  # [B, T, d]
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        mask = self.mask[self.index].view(self.mask_shape) if self.indexed else self.mask
+        out = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if self.keyword
+               else F.scaled_dot_product_attention(q, k, v, mask))
+        return self.head(out.transpose(1, 2).reshape(B, T, d).tanh())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_attention_mask_parameters_take_the_mask_rule_without_replay(seed):
+    rng = random.Random(seed)
+    heads, tokens = 2, 4
+    mask_shape = rng.choice([(tokens, tokens), (heads, tokens, tokens), (1, heads, tokens, tokens),
+                             (1, 1, tokens, tokens), (heads, 1, tokens)])
+    torch.manual_seed(seed)
+    model = MaskedAttention(mask_shape, indexed=rng.random() < 0.5, keyword=rng.random() < 0.5).double()
+    x = torch.randn(rng.randint(2, 4), tokens, 6, dtype=torch.float64)
+    reference = oracle(model, x)
+    for algorithm in OWN_ALGORITHMS:
+        engine = check_algorithm(model, x, algorithm=algorithm, rtol=1e-9, reference=reference)
+        row = next(r for r in engine.layer_report if r["params"] == ["mask"])
+        assert (row["path"], row["type"]) == ("op", "attention_mask"), (mask_shape, row)

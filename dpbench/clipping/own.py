@@ -123,7 +123,16 @@ class OwnBackend:
             return
         leaves, spec = tree_flatten(out)
         index = tuple(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad)
-        site = site_for(func, tree_flatten((args, kwargs))[0], operands, [leaves[i] for i in index])
+        inputs = tree_flatten((args, kwargs))[0]
+        site = site_for(func, inputs, operands, [leaves[i] for i in index])
+        if site.grads_at_operands:
+            # catch the gradients of the batch-expanded operands; differentiating to their parameters (not
+            # to the expanded tensors, whose batched gradients autograd would return) makes backward pass them
+            leaves, spec, inputs_need_grad = [inputs[o.position] for o in operands], None, True
+            index = tuple(range(len(leaves)))
+            self._frontier += [p for o in operands for p in o.params if all(p is not q for q in self._frontier)]
+        if not site.needs_inputs:
+            args, kwargs = (), {}
         key = self._op_key(operands) if not self._tracer.survey else None
         call = _new_call(OpCall, args, kwargs, leaves, spec, index, key,
                          unbatched=frozenset(o.position for o in operands), func=func, site=site, operands=operands)

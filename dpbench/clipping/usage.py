@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from dpbench.clipping.layers.ops import Operand
+from dpbench.clipping.layers.ops import Operand, prepare_call
 from dpbench.errors import DpbenchError
 
 _INPLACE_DUNDER = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ipow__"}
@@ -126,6 +126,9 @@ class ParameterTracer(TorchFunctionMode):
                    and ((x.dim() > 0 and x.shape[0] == self.batch) or x.requires_grad)]
         inplace = _inplace(func)
         inputs_need_grad = any(leaves[i].requires_grad for i in batched)  # before an in-place operation
+        prepared = prepare_call(func, args, kwargs, operands, self.batch) if batched else None
+        if prepared is not None:
+            args, kwargs = prepared
         recorded = (args, kwargs)
         if inplace and batched:  # the rule needs the inputs as they were before the operation
             kept = [x.detach().clone() if i in batched else x for i, x in enumerate(leaves)]

@@ -77,6 +77,12 @@ class Site:
     """How the per-sample gradients of an operation's parameter operands follow from its output gradient."""
 
     name = "replay"
+    needs_inputs = True  # the rule reads the call's inputs after the forward (else they are not kept)
+    grads_at_operands = False  # the gradients caught are the (batch-expanded) operands', not the outputs'
+
+    def prepare(self, func, args: tuple, kwargs: dict, operands: tuple, batch: int):
+        """Replacement (args, kwargs) for the call before it runs, or None to run it as written."""
+        return None
 
     def fits(self, func, leaves: list, operands: tuple, out: list) -> bool:
         raise NotImplementedError
@@ -101,6 +107,7 @@ class AddSite(_Elementwise):
     """x ± θ (broadcast): the output gradient summed over the broadcast dimensions, with its sign."""
 
     name = "add"
+    needs_inputs = False
     # sign of the operand's gradient by its position (0, 1)
     funcs = {**{f: (1, 1) for f in (torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, Tensor.__iadd__,
                                     Tensor.add_)},
@@ -133,6 +140,7 @@ class ExpandSite(Site):
     dimensions except the batch."""
 
     name = "expand"
+    needs_inputs = False
     funcs = (Tensor.expand, Tensor.expand_as, Tensor.broadcast_to, torch.broadcast_to)
 
     def fits(self, func, leaves, operands, out):
@@ -141,6 +149,46 @@ class ExpandSite(Site):
 
     def operand_grads(self, call, skip=()):
         return [unbroadcast(call.grads[0], call.operands[0].tensor.shape)]
+
+
+class AttentionMaskSite(Site):
+    """F.scaled_dot_product_attention with an additive mask computed from parameters (BEiT's
+    relative-position bias): the mask is expanded over the batch before the call (a view, the same
+    values), so autograd's own attention backward yields its per-sample gradient; nothing is replayed
+    and no input is kept."""
+
+    name = "attention_mask"
+    needs_inputs = False
+    grads_at_operands = True
+
+    @staticmethod
+    def _mask(args, kwargs):
+        return args[3] if len(args) > 3 else kwargs.get("attn_mask")
+
+    def prepare(self, func, args, kwargs, operands, batch):
+        if func is not F.scaled_dot_product_attention or len(operands) != 1:
+            return None
+        mask, query = self._mask(args, kwargs), args[0] if args else kwargs.get("query")
+        if (mask is None or operands[0].tensor is not mask or not mask.is_floating_point()
+                or not isinstance(query, Tensor) or query.dim() < 3 or query.shape[0] != batch
+                or mask.dim() > query.dim()):
+            return None
+        padded = (1,) * (query.dim() - mask.dim()) + tuple(mask.shape)
+        if padded[0] != 1:
+            return None
+        expanded = mask.reshape(padded).expand(batch, *padded[1:])
+        if len(args) > 3:
+            return (*args[:3], expanded, *args[4:]), kwargs
+        return args, {**kwargs, "attn_mask": expanded}
+
+    def fits(self, func, leaves, operands, out):
+        return (func is F.scaled_dot_product_attention and len(operands) == 1
+                and leaves[operands[0].position] is not operands[0].tensor)  # expanded by prepare
+
+    def operand_grads(self, call, skip=()):
+        (operand,) = call.operands
+        g = call.grads[0]
+        return [g.reshape(g.shape[0], *operand.tensor.shape)]
 
 
 def _bind(func, call: Call) -> dict:
@@ -234,8 +282,13 @@ class ReplaySite(Site):
             return list(vmap(per_sample, randomness="error")(tuple(leaves[i] for i in batched), tuple(grads)))
 
 
-SITES = (AddSite(), MulSite(), ExpandSite(), LinearSite(), LayerNormSite())
+SITES = (AddSite(), MulSite(), ExpandSite(), LinearSite(), LayerNormSite(), AttentionMaskSite())
 REPLAY = ReplaySite()
+
+
+def prepare_call(func, args: tuple, kwargs: dict, operands: tuple, batch: int):
+    """The (args, kwargs) a site needs the call to run with (see Site.prepare), or None."""
+    return next((new for s in SITES if (new := s.prepare(func, args, kwargs, operands, batch)) is not None), None)
 
 
 def site_for(func, leaves: list, operands: tuple, out: list) -> Site:
