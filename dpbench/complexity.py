@@ -83,11 +83,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from dpbench.clipping.algorithms import ALGORITHMS
 from dpbench.clipping.decision import GHOST, INSTANTIATE, ghost_space, instantiate_space, mixed_choice
 from dpbench.clipping.layers.conv import unfold_is_faster
 
-ALGORITHM_NAMES = ("nonprivate", "opacus", "opacus_ghost", "per_sample", "fastgradclip", "ghost",
-                   "mixed_ghost", "bk_ghost", "bk_mixed")
+ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -318,17 +318,20 @@ def algorithm_costs(layer: Layer, B: int = 1, replay: Cost = Cost(0)) -> dict[st
         return Cost(k.forward + k.input_grad + norm.time + s.time, s.held, norm.transient)
 
     opacus_norm = ghost if layer.family in ("linear", "embedding") else inst
-    return {
-        "nonprivate": Cost(plain),
-        "opacus": Cost(plain + inst.time + k.weighted_sum, inst.held, inst.transient),
-        "opacus_ghost": discarded(opacus_norm, k.forward + 2 * k.input_grad + 2 * k.weight_grad),
-        "per_sample": Cost(k.forward + k.input_grad + inst.time + k.weighted_sum, inst.held, inst.transient),
-        "fastgradclip": discarded(inst, two_pass),
-        "ghost": discarded(ghost, two_pass),
-        "mixed_ghost": discarded(mixed, two_pass),
-        "bk_ghost": bookkept(ghost),
-        "bk_mixed": bookkept(mixed),
-    }
+    norms = {"instantiate": inst, "ghost": ghost, "mixed": mixed}
+
+    def cost(algorithm) -> Cost:
+        """The registry's (norm strategy, sum strategy) of the algorithm, priced."""
+        if algorithm.backend == "plain":
+            return Cost(plain)
+        if algorithm.backend == "opacus":
+            if algorithm.norms == "hooks":  # every layer's per-sample gradients held, then summed
+                return Cost(plain + inst.time + k.weighted_sum, inst.held, inst.transient)
+            return discarded(opacus_norm, k.forward + 2 * k.input_grad + 2 * k.weight_grad)
+        norm = norms[algorithm.norms]
+        return bookkept(norm) if algorithm.sums == "bookkeeping" else discarded(norm, two_pass)
+
+    return {name: cost(algorithm) for name, algorithm in ALGORITHMS.items()}
 
 
 # ---- the table ---------------------------------------------------------------------------------
