@@ -40,6 +40,7 @@ def markdown(result: dict, command: str) -> str:
 def run(args) -> int:
     import torch
 
+    from dpbench.device import select
     from dpbench.measure.branches import branch_times
     from dpbench.measure.child import build
     from dpbench.measure.config import BenchConfig
@@ -53,7 +54,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # the bench's model and synthetic batch; a plain engine (no hooks) that branch_times replaces
-    model, engine, _, x, y, _ = build(config, torch.device(config.device))
+    model, engine, _, x, y, _ = build(config, select(config.device))
     engine.detach()
     rows = branch_times(model, x, y, args.repeats)
     agree = sum(r["rules_agree"] for r in rows)

@@ -16,18 +16,17 @@ import torch.nn.functional as F
 
 from dpbench.clipping.decision import GHOST, INSTANTIATE
 from dpbench.clipping.layers.base import squared_norms
+from dpbench.device import synchronize
 
 
 def best_time(fn, repeats: int, device: torch.device, clock=time.perf_counter) -> float:
     """The shortest of `repeats` runs of `fn` in seconds of `clock`, the device synchronised around each."""
     best = math.inf
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = clock()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, clock() - start)
     return best
 
