@@ -43,7 +43,7 @@ def branch_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repea
         inst = best_time(lambda: squared_norms(rule.instantiate(calls)), repeats, x.device)
         return {"ghost_s": ghost, "instantiate_s": inst}
 
-    engine._backend.branch_timer = timer
+    engine.set_branch_timer(timer)
     try:
         engine.backward(F.cross_entropy(model(x), y, reduction="none"))
     finally:
