@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dpbench.clipping import ALGORITHMS  # noqa: E402
-from dpbench.measure.cli_args import positive_int  # noqa: E402
+from dpbench.cli import positive_int  # noqa: E402
 from dpbench.report.load import RATIO_COLUMNS  # noqa: E402  (what perf-report --ratios reads)
 from dpbench.report.ratios import ratio_to  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402

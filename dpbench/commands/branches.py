@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dpbench.measure.cli_args import one_line_errors, positive_int
+from dpbench.cli import positive_int
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("branches", help="per layer: ghost norm vs instantiation time, against the "
                                                "paper's space rule")
-    one_line_errors(p)
     p.add_argument("--model", required=True, help="model name from the registry (dpbench.models)")
     p.add_argument("--batch-size", type=positive_int, required=True)
     p.add_argument("--image-size", type=positive_int, default=None, help="input height = width (default: the model's)")

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from dpbench.errors import DpbenchError
-from dpbench.measure.cli_args import one_line_errors
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("figures", help="figures (PNG + PDF) from the result tables")
-    one_line_errors(p)
     p.add_argument("--throughput-memory", metavar="CSV",
                    help="throughput_memory.csv: Figure 4 scatter and throughput vs batch size")
     p.add_argument("--maxbatch", metavar="CSV", help="maxbatch.csv: the Figure 3 pair")

@@ -6,12 +6,10 @@ of both engines and the before/after table, with the profiles of this run."""
 from __future__ import annotations
 
 from dpbench.errors import DpbenchError
-from dpbench.measure.cli_args import one_line_errors
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("perf-report", help="the performance report (Markdown): targets, before/after, profiles")
-    one_line_errors(p)
     p.add_argument("--bench", nargs="*", default=[], metavar="JSON", help="bench results of this run")
     p.add_argument("--maxbatch", nargs="*", default=[], metavar="JSON", help="maxbatch results of this run")
     p.add_argument("--profile", nargs="*", default=[], metavar="JSON", help="profile results of this run")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dpbench.errors import DpbenchError
-from dpbench.measure.cli_args import one_line_errors
 
 REPORTED_COLUMNS = {"quantity", "model", "layer", "algorithm", "image_size", "batch_size", "dataset", "epsilon",
                     "value", "unit", "device", "source", "exactness"}
@@ -11,7 +10,6 @@ REPORTED_COLUMNS = {"quantity", "model", "layer", "algorithm", "image_size", "ba
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="the reproduction report (Markdown): paper vs this run")
-    one_line_errors(p)
     p.add_argument("--reported", required=True, metavar="CSV", help="the paper's numbers (paper/reported.csv)")
     p.add_argument("--throughput-memory", metavar="CSV", help="throughput_memory.csv of this run")
     p.add_argument("--maxbatch", metavar="CSV", help="maxbatch.csv of this run")
