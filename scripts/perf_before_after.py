@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
@@ -51,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from dpbench.clipping import ALGORITHMS  # noqa: E402
 from dpbench.cli import positive_int  # noqa: E402
+from dpbench.measure.rounds import Run, alternating_rounds, run_rounds  # noqa: E402
 from dpbench.report.load import RATIO_COLUMNS  # noqa: E402  (what perf-report --ratios reads)
 from dpbench.report.ratios import ratio_to  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402
@@ -147,22 +147,20 @@ def run_one(args, engine: str, pythonpath: str | None, algorithm: str, model: st
 
 
 def measure(args, overlay: Path) -> pd.DataFrame:
-    jobs = []
-    for model in args.models:
-        for batch in args.batch_sizes:
-            for rnd in range(args.rounds):
-                shift = rnd % len(args.algorithms)
-                for algorithm in args.algorithms[shift:] + args.algorithms[:shift]:
-                    engines = ("before", "after") if rnd % 2 == 0 else ("after", "before")
-                    for engine in (engines if args.engines == "both" else (args.engines,)):
-                        jobs.append((engine, str(overlay) if engine == "before" else None, algorithm, model, batch, rnd))
-    rows = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for row in pool.map(lambda job: run_one(args, *job), jobs):
-            rows.append(row)
-            print(f"[{datetime.now():%H:%M:%S}] {row['model']} b{row['batch_size']} {row['algorithm']} "
-                  f"{row['engine']}: {row['status']} {row.get('step_cpu_time_s', float('nan')):.3f} s", flush=True)
-    return pd.DataFrame(rows)
+    engines = ("before", "after") if args.engines == "both" else (args.engines,)
+    runs = alternating_rounds([(m, b) for m in args.models for b in args.batch_sizes], args.algorithms, args.rounds,
+                              engines)
+
+    def run(r: Run) -> dict:
+        model, batch = r.configuration
+        return run_one(args, r.variant, str(overlay) if r.variant == "before" else None, r.algorithm, model, batch,
+                       r.round)
+
+    def done(row: dict) -> None:
+        print(f"[{datetime.now():%H:%M:%S}] {row['model']} b{row['batch_size']} {row['algorithm']} "
+              f"{row['engine']}: {row['status']} {row.get('step_cpu_time_s', float('nan')):.3f} s", flush=True)
+
+    return pd.DataFrame(run_rounds(runs, run, args.jobs, done))
 
 
 def with_defaults(raw: pd.DataFrame) -> pd.DataFrame:
