@@ -105,8 +105,8 @@ class PrivacyEngine:
             if self.generator is not None and self.generator.device.type != p.device.type:
                 raise DpbenchError(f"the noise generator is on {self.generator.device} but parameters are "
                                    f"on {p.device}: pass a generator on the parameters' device")
-            # drawn in place into a fresh buffer; on CPU as fast as torch.normal (9.2M floats, 1 thread,
-            # medians of 10 alternating draws: 61.6 vs 62.3 ms); noise is inherent to every private step
+            # drawn in place into a fresh buffer, as fast as torch.normal on CPU (paper/engine_timings.md);
+            # noise is inherent to every private step
             p.grad.add_(torch.empty_like(p.grad).normal_(0.0, std, generator=self.generator))
 
     def detach(self) -> None:

@@ -70,9 +70,8 @@ def layer_norm_grads(x, g, normalized_shape, eps: float, weight: bool, bias: boo
 class GroupNormRule(_AffineNormRule):
     """GroupNorm on [B, C, *]: one weight per channel. The per-sample gradients come from the library's
     fused GroupNorm weight backward with the batch folded into the channels (one "sample" of B·C
-    channels in B·groups groups): Σ g·x and Σ g in one pass, and no product tensor (CIFAR ResNet18's
-    GroupNorms at batch 32, 1 thread: 2.1 against 3.3 ms at 64×32×32 for the generic x̂ route, 1.3 against
-    1.7 at 128×16×16; throw-away timing)."""
+    channels in B·groups groups): Σ g·x and Σ g in one pass, and no product tensor (faster than the generic
+    x̂ route on CIFAR ResNet18's GroupNorms: paper/engine_timings.md)."""
 
     def channels(self):
         return self.module.num_channels
@@ -89,7 +88,7 @@ class GroupNormRule(_AffineNormRule):
             x, g = c.args[0], c.grads[0]
             B, C = x.shape[:2]
             positions = x[0, 0].numel()
-            # the library's forward for the group statistics (torch.var_mean measured ~8x slower)
+            # the library's forward for the group statistics (torch.var_mean is slower: paper/engine_timings.md)
             _, mean, rstd = torch.ops.aten.native_group_norm(x, None, None, B, C, positions, module.num_groups,
                                                              module.eps)
             _, dw, db = torch.ops.aten.native_group_norm_backward(
