@@ -15,7 +15,8 @@ from dpbench.complexity import (ALGORITHM_NAMES, algorithm_costs, collect_layers
                                 )
 from dpbench.models import create_model
 
-# PAPER.md, "Layerwise choice (recomputed from the architectures): VGG11": the eight 3x3 convs.
+# The paper's layerwise choice for VGG11 (paper/reported.csv, source "layerwise table", recomputed from
+# the architecture): the eight 3x3 convs.
 I, G = "instantiate", "ghost"
 PAPER_VGG11_CHOICES = {224: [I, I, I, I, I, G, G, G], 32: [I, I, G, G, G, G, G, G]}
 
