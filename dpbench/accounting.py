@@ -30,7 +30,7 @@ PRV_EPS_ERROR = 0.01
 PRV_DELTA_ERROR_FRACTION = 1e-3
 """The PRV accountant's δ error as a fraction of δ."""
 MAX_PRV_GRID_POINTS = 2_000_000
-"""Largest discretisation grid the PRV accountant may build (about 25 s and 0.7 GB on 2 CPU cores)."""
+"""Largest discretisation grid the PRV accountant may build (its time and memory: paper/engine_timings.md)."""
 SEARCH_TOLERANCE = 0.01
 """noise_multiplier_for returns σ with target - SEARCH_TOLERANCE < ε(σ) <= target."""
 MIN_SIGMA, MAX_SIGMA = 0.05, 1e4

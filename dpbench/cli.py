@@ -1,5 +1,6 @@
 """The `dpbench` command. Each subcommand lives in its own module under dpbench/commands/ and
-defines `register(subparsers)`; they are discovered here, so adding one touches no shared file."""
+defines `register(subparsers)`; they are discovered here, so adding one touches no shared file. Here
+too: every subcommand reports a bad argument as one line (exit 2), and the argparse types they share."""
 
 from __future__ import annotations
 
@@ -22,7 +23,36 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"dpbench.commands.{info.name}")
         module.register(sub)
+    for subcommand in sub.choices.values():
+        one_line_errors(subcommand)
     return parser
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make argparse report a bad argument of this subcommand as one line (no usage block), exit 2."""
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+    parser.error = error
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,6 @@ algorithm and are not counted. The mixed column is the engine's rule (dpbench.cl
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -84,11 +83,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from dpbench.clipping.algorithms import ALGORITHMS
 from dpbench.clipping.decision import GHOST, INSTANTIATE, ghost_space, instantiate_space, mixed_choice
 from dpbench.clipping.layers.conv import unfold_is_faster
 
-ALGORITHM_NAMES = ("nonprivate", "opacus", "opacus_ghost", "per_sample", "fastgradclip", "ghost",
-                   "mixed_ghost", "bk_ghost", "bk_mixed")
+ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -150,43 +149,12 @@ def _family(module: nn.Module, name: str) -> str | None:
     return "generic"
 
 
-def _positions(family: str, module: nn.Module, inputs: tuple, output) -> int | None:
-    """T of one call of the layer, for one sample."""
-    if family == "linear":
-        return inputs[0][0].numel() // module.in_features
-    if family == "conv":
-        return math.prod(output.shape[2:])
-    if family == "embedding":
-        return inputs[0][0].numel()
-    if family == "norm":
-        return output[0].numel() // _norm_channels(module)
-    return None
-
-
-def _norm_channels(module: nn.Module) -> int:
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels
-    return math.prod(module.normalized_shape)
-
-
-def _dimensions(family: str, module: nn.Module) -> tuple[int | None, int | None, int | None]:
-    """d, p, groups of a layer (per group, as in the mixed rule)."""
-    if family == "linear":
-        return module.in_features, module.out_features, 1
-    if family == "conv":
-        g = module.groups
-        return module.in_channels // g * math.prod(module.kernel_size), module.out_channels // g, g
-    if family == "embedding":
-        return module.num_embeddings, module.embedding_dim, 1
-    if family == "norm":
-        return 1, _norm_channels(module), 1
-    return None, None, None
-
-
 def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
-    """Every module with trainable parameters, with its T, d, p from one forward of `example` (batch 1).
+    """Every module with trainable parameters, with its T, d, p, groups from one forward of `example`
+    (batch 1).
 
-    A module called several times is one layer whose T is the sum over its calls (as in the engine).
+    The geometry is the engine's own (each rule's `shape`, as the engine reports it after one step on a
+    copy of the model); a module called several times is one layer whose T is the sum over its calls.
     """
     seen: dict[nn.Module, dict] = {}
     handles = []
@@ -194,13 +162,10 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         family = _family(module, name or type(model).__name__)
         if family is None:
             continue
-        entry = {"name": name or type(model).__name__, "family": family, "T": 0, "input_grad": False, "calls": 0}
+        entry = {"name": name or type(model).__name__, "family": family, "input_grad": False}
         seen[module] = entry
 
         def hook(module, inputs, output, entry=entry):
-            T = _positions(entry["family"], module, inputs, output)
-            entry["T"] = (entry["T"] + T) if T is not None else None
-            entry["calls"] += 1
             entry["input_grad"] |= any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs)
 
         handles.append(module.register_forward_hook(hook))
@@ -210,7 +175,9 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     finally:
         for h in handles:
             h.remove()
-    op_rows = _operation_rules(model, example)
+    report = _engine_report(model, example)
+    geometry = {row["name"]: row for row in report if row["path"] != "op"}
+    op_rows = [row for row in report if row["path"] == "op"]
     moved = {name for row in op_rows for name in row["params"]}
     full_names = {id(p): n for n, p in model.named_parameters()}
     layers = []
@@ -219,11 +186,11 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         if all(full_names[id(x)] in moved for _, x in own):
             continue  # an operation rule serves its parameters (below)
         own = [(n, x) for n, x in own if full_names[id(x)] not in moved]
-        d, p, groups = _dimensions(entry["family"], module)
+        shape = geometry.get(entry["name"], {})
         generic = entry["family"] == "generic"
         layers.append(Layer(
             name=entry["name"], type=type(module).__name__, family=entry["family"],
-            T=None if generic or entry["calls"] == 0 else entry["T"], d=d, p=p, groups=groups,
+            T=shape.get("T"), d=shape.get("d"), p=shape.get("p"), groups=shape.get("groups"),
             params=sum(x.numel() for _, x in own), bias=sum(x.numel() for n, x in own if n == "bias"),
             input_grad=entry["input_grad"] or generic,
             inner=tuple(seen[m]["name"] for m in module.modules() if m is not module and m in seen) if generic else ()))
@@ -237,9 +204,9 @@ def collect_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     return layers
 
 
-def _operation_rules(model: nn.Module, example: torch.Tensor) -> list[dict]:
-    """The engine's operation rules for the model (layer_report rows with path "op"), from one engine
-    step on a copy of the model with two copies of the example."""
+def _engine_report(model: nn.Module, example: torch.Tensor) -> list[dict]:
+    """The engine's layer_report (each layer's rule, geometry and operation rules) of one engine step on a
+    copy of the model with two copies of the example."""
     from dpbench.clipping import PrivacyEngine
 
     work = copy.deepcopy(model)
@@ -251,7 +218,7 @@ def _operation_rules(model: nn.Module, example: torch.Tensor) -> list[dict]:
             engine.backward(out.flatten(1).float().pow(2).sum(1))
     finally:
         engine.detach()
-    return [row for row in engine.layer_report if row["path"] == "op"]
+    return engine.layer_report
 
 
 # ---- costs -------------------------------------------------------------------------------------
@@ -351,17 +318,20 @@ def algorithm_costs(layer: Layer, B: int = 1, replay: Cost = Cost(0)) -> dict[st
         return Cost(k.forward + k.input_grad + norm.time + s.time, s.held, norm.transient)
 
     opacus_norm = ghost if layer.family in ("linear", "embedding") else inst
-    return {
-        "nonprivate": Cost(plain),
-        "opacus": Cost(plain + inst.time + k.weighted_sum, inst.held, inst.transient),
-        "opacus_ghost": discarded(opacus_norm, k.forward + 2 * k.input_grad + 2 * k.weight_grad),
-        "per_sample": Cost(k.forward + k.input_grad + inst.time + k.weighted_sum, inst.held, inst.transient),
-        "fastgradclip": discarded(inst, two_pass),
-        "ghost": discarded(ghost, two_pass),
-        "mixed_ghost": discarded(mixed, two_pass),
-        "bk_ghost": bookkept(ghost),
-        "bk_mixed": bookkept(mixed),
-    }
+    norms = {"instantiate": inst, "ghost": ghost, "mixed": mixed}
+
+    def cost(algorithm) -> Cost:
+        """The registry's (norm strategy, sum strategy) of the algorithm, priced."""
+        if algorithm.backend == "plain":
+            return Cost(plain)
+        if algorithm.backend == "opacus":
+            if algorithm.norms == "hooks":  # every layer's per-sample gradients held, then summed
+                return Cost(plain + inst.time + k.weighted_sum, inst.held, inst.transient)
+            return discarded(opacus_norm, k.forward + 2 * k.input_grad + 2 * k.weight_grad)
+        norm = norms[algorithm.norms]
+        return bookkept(norm) if algorithm.sums == "bookkeeping" else discarded(norm, two_pass)
+
+    return {name: cost(algorithm) for name, algorithm in ALGORITHMS.items()}
 
 
 # ---- the table ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch.utils.data.dataloader import default_collate
 
 from dpbench.accounting import ACCOUNTANTS, PrivacyLedger, noise_multiplier_for
 from dpbench.clipping import ALGORITHMS, PrivacyEngine
+from dpbench.device import resolve as resolve_device
 from dpbench.errors import DpbenchError
 from dpbench.results import environment, write_json_atomic
 from dpbench.sampling import SAMPLING_METHODS, epoch_plan, physical_batches, steps_per_epoch
@@ -128,19 +129,6 @@ class TrainConfig:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise DpbenchError(f"--{name} {value!r} is not one of: {', '.join(allowed)}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' = cuda if available else cpu; a CUDA device without CUDA is a DpbenchError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise DpbenchError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DpbenchError(f"--device {device}: CUDA is not available on this machine")
-    return resolved
 
 
 @dataclass

@@ -32,6 +32,8 @@ import pandas as pd
 
 from dpbench.cli import main as dpbench_main
 from dpbench.clipping import ALGORITHMS
+from dpbench.measure.rounds import Run, alternating_rounds, run_rounds
+from dpbench.report.ratios import ratio_to
 from dpbench.results import environment, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,24 +108,20 @@ def run_one(args, algorithm: str, model: str, batch: int, out: Path) -> dict:
 
 def measure(args) -> pd.DataFrame:
     skips = parse_skips(args.skip)
-    rows = []
-    for model in args.models:
-        for batch in args.batch_sizes:
-            for round_index in range(args.rounds):
-                shift = round_index % len(args.algorithms)
-                order = args.algorithms[shift:] + args.algorithms[:shift]
-                for algorithm in order:
-                    if (algorithm, model, batch) in skips:
-                        if round_index == 0:
-                            rows.append({"model": model, "batch_size": batch, "algorithm": algorithm,
-                                         "status": "skipped", "note": skips[(algorithm, model, batch)]})
-                        continue
-                    out = args.results_dir / f"{model}_b{batch}_{algorithm}_r{round_index}.json"
-                    row = run_one(args, algorithm, model, batch, out)
-                    rows.append({**row, "round": round_index})
-                    print(f"[{datetime.now():%H:%M:%S}] {model} b{batch} {algorithm}: {row['status']} "
-                          f"({row['wall_s']:.0f} s, load {row['load_before']:.1f})", flush=True)
-    return pd.DataFrame(rows)
+    runs = alternating_rounds([(m, b) for m in args.models for b in args.batch_sizes], args.algorithms, args.rounds)
+
+    def run(r: Run) -> dict | None:
+        model, batch = r.configuration
+        if (r.algorithm, model, batch) in skips:  # recorded once, in the first round
+            return None if r.round else {"model": model, "batch_size": batch, "algorithm": r.algorithm,
+                                         "status": "skipped", "note": skips[(r.algorithm, model, batch)]}
+        row = run_one(args, r.algorithm, model, batch,
+                      args.results_dir / f"{model}_b{batch}_{r.algorithm}_r{r.round}.json")
+        print(f"[{datetime.now():%H:%M:%S}] {model} b{batch} {r.algorithm}: {row['status']} "
+              f"({row['wall_s']:.0f} s, load {row['load_before']:.1f})", flush=True)
+        return {**row, "round": r.round}
+
+    return pd.DataFrame([row for row in run_rounds(runs, run) if row is not None])
 
 
 def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
@@ -155,13 +153,11 @@ def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
 
 def _round_ratios(group: pd.DataFrame, algorithm: str) -> dict:
     """Ratios to the nonprivate run of the same round; median over rounds, and their range."""
-    ok = group[group["status"] == "ok"].set_index(["round", "algorithm"])
+    ok = group[group["status"] == "ok"]
     out = {}
     for name, column in (("throughput_ratio", "throughput_img_s"), ("cpu_throughput_ratio", "cpu_throughput_img_s"),
                          ("memory_ratio", "peak_memory_bytes")):
-        per_round = [ok.loc[(r, algorithm), column] / ok.loc[(r, "nonprivate"), column]
-                     for r in sorted(group["round"].dropna().unique())
-                     if (r, algorithm) in ok.index and (r, "nonprivate") in ok.index]
+        per_round = ratio_to(ok, column, ["round"])[ok["algorithm"] == algorithm].dropna().tolist()
         out[name] = statistics.median(per_round)
         out[f"{name}_min"], out[f"{name}_max"] = min(per_round), max(per_round)
     return out

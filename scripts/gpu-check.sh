@@ -27,7 +27,7 @@ ALL="nonprivate bk_mixed mixed_ghost bk_ghost ghost fastgradclip opacus_ghost op
 # summarise after each model, so that a run cut short still returns what it measured
 bench resnet18 32 256 $ALL; python3 scripts/summarise_bench.py /tmp/gpu-bench "$OUT/gpu_bench" >/dev/null
 bench vgg16 32 256 $ALL; python3 scripts/summarise_bench.py /tmp/gpu-bench "$OUT/gpu_bench" >/dev/null
-for alg in nonprivate mixed_ghost bk_mixed; do  # where the GPU time goes (issue 6): torch.profiler, CUDA ops
+for alg in nonprivate mixed_ghost bk_mixed; do  # where the GPU time goes (CNN performance targets): torch.profiler, CUDA ops
   timeout 60 python3 -m dpbench profile --device cuda --model resnet18 --image-size 32 --batch-size 256 \
     --warmup 3 --algorithm "$alg" --out "$OUT/profile_resnet18_b256_${alg}.json" 2>&1 | tail -12
 done

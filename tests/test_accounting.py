@@ -19,7 +19,7 @@ DELTA = 1e-5
 
 
 @pytest.mark.parametrize("sigma, q, steps, accountant, expected", [
-    (1.1, 256 / 50000, 1953, "rdp", 1.213),   # ../shared/PAPER.md, "Accountant sanity values"
+    (1.1, 256 / 50000, 1953, "rdp", 1.213),   # reference values: CIFAR-10, δ = 1e-5, Poisson sampling
     (1.1, 256 / 50000, 1953, "prv", 1.032),
     (1.0, 0.02, 500, "rdp", 3.144),
     (1.0, 0.02, 500, "prv", 2.784),

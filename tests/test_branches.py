@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from dpbench.cli import main
@@ -41,3 +42,17 @@ def test_the_command_writes_json_and_refuses_bad_input(tmp_path, capsys):
     assert 0 <= result["rules_agree"] <= 8 and result["environment"]["torch"]
     assert main(["branches", "--model", "no_such_model", "--batch-size", "2", "--out", str(out)]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_the_branch_timer_hook_is_refused_where_no_rule_holds_the_inputs():
+    from dpbench.clipping import PrivacyEngine
+    from dpbench.errors import DpbenchError
+
+    model = create_model("cnn", image_size=8)
+    for algorithm in ("nonprivate", "opacus"):
+        engine = PrivacyEngine(model, algorithm=algorithm)
+        try:
+            with pytest.raises(DpbenchError, match=f"not '{algorithm}'"):
+                engine.set_branch_timer(lambda rule, calls: {})
+        finally:
+            engine.detach()

@@ -96,7 +96,7 @@ def test_opacus_in_place_model_error_is_one_clear_line():
 
 
 def test_vgg_at_224_mixed_choices_match_the_paper_table():
-    """PAPER.md's layerwise table: at 224² only the 28² and 14² 512→512 convs use ghost norms."""
+    """The paper's layerwise table (paper/reported.csv): at 224² only the 28² and 14² 512→512 convs use ghost norms."""
     model = create_model("vgg11", num_classes=10)
     x, y = batch(1, size=224)
     engine = PrivacyEngine(model, "mixed_ghost", max_grad_norm=1.0)

@@ -15,7 +15,8 @@ from dpbench.complexity import (ALGORITHM_NAMES, algorithm_costs, collect_layers
                                 )
 from dpbench.models import create_model
 
-# PAPER.md, "Layerwise choice (recomputed from the architectures): VGG11": the eight 3x3 convs.
+# The paper's layerwise choice for VGG11 (paper/reported.csv, source "layerwise table", recomputed from
+# the architecture): the eight 3x3 convs.
 I, G = "instantiate", "ghost"
 PAPER_VGG11_CHOICES = {224: [I, I, I, I, I, G, G, G], 32: [I, I, G, G, G, G, G, G]}
 
@@ -73,23 +74,43 @@ def engine_report(model: nn.Module, batch: torch.Tensor, classes: int) -> dict[s
     return report
 
 
+# The registry's architectures: each model of dpbench's zoo that brings a block of its own (vgg13-19 and
+# resnet34/101/152 stack the blocks of vgg11, resnet18 and resnet50), at its smallest input, and one timm
+# model of each family the configs name (ViT/DeiT, BEiT, CrossViT) at a small input.
+REGISTRY_CASES = [("cnn", 8), ("cnn_mnist", 14), ("wrn16_4", 8), ("vgg11", 32), ("resnet18", 8), ("resnet50", 8),
+                  ("deit_tiny_patch16_224", 32), ("beit_base_patch16_224", 32), ("crossvit_tiny_240", 120)]
+
+
+def _registry_cases():
+    from dpbench.models import ZOO
+
+    cases = []
+    for name, size in REGISTRY_CASES:
+        channels = ZOO[name].in_channels if name in ZOO else 3
+        cases.append(pytest.param(lambda name=name, size=size: create_model(name, image_size=size),
+                                  lambda b, c=channels, size=size: torch.randn(b, c, size, size), 10, id=name))
+    return cases
+
+
 @pytest.mark.parametrize("build,example,classes", [
-    (lambda: create_model("vgg11", image_size=32), lambda b: torch.randn(b, 3, 32, 32), 10),
-    (lambda: create_model("resnet18", image_size=16), lambda b: torch.randn(b, 3, 16, 16), 10),
-    (Mixed, lambda b: torch.randn(b, 3, 12, 12), 5),
-    (Tokens, lambda b: torch.randint(0, 50, (b, 30)), 3),
+    *_registry_cases(),
+    pytest.param(Mixed, lambda b: torch.randn(b, 3, 12, 12), 5, id="mixed"),
+    pytest.param(Tokens, lambda b: torch.randint(0, 50, (b, 30)), 3, id="tokens"),
 ])
-def test_choices_and_shapes_equal_the_engines(build, example, classes):
+def test_geometry_and_choices_equal_the_engines(build, example, classes):
+    """Every layer of the cost model has the geometry (T, d, p, groups per sample) and the mixed choice
+    that the engine's rules give it in a training step at another batch size."""
     torch.manual_seed(0)
     model = build()
     layers = {layer.name: layer for layer in collect_layers(model, example(1))}
-    report = engine_report(model, example(2), classes)
+    report = engine_report(model, example(3), classes)
     assert set(layers) == set(report)
     for name, entry in report.items():
         layer = layers[name]
         assert layer.choice == entry["choice"], name
-        if entry["T"] is not None:
-            assert (layer.T, layer.d, layer.p, layer.groups) == (entry["T"], entry["d"], entry["p"], entry["groups"]), name
+        assert (layer.T, layer.d, layer.p, layer.groups) == (entry["T"], entry["d"], entry["p"], entry["groups"]), name
+        if layer.family in ("linear", "conv", "embedding", "norm"):
+            assert None not in (layer.T, layer.d, layer.p, layer.groups), name
 
 
 def test_depthwise_convs_always_instantiate_and_parameters_are_all_covered():

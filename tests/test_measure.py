@@ -3,6 +3,7 @@ and the command line on a tiny model (each measurement runs in a fresh process).
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -186,3 +187,16 @@ def test_an_error_inside_the_measuring_process_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "8x8" in err[0] and not (tmp_path / "x.json").exists()
+
+
+def test_every_subcommand_reports_a_bad_argument_in_one_line(capsys):
+    """dpbench.cli gives every subcommand found in dpbench/commands the one-line argparse error."""
+    from dpbench.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"bench", "maxbatch", "profile", "train", "tables", "report", "perf-report"} <= set(subcommands)
+    for name, parser in subcommands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            parser.error("bad value")
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"dpbench {name}: error: bad value\n"

@@ -7,7 +7,7 @@ from torch import nn
 from dpbench.errors import DpbenchError
 from dpbench.models import available_models, create_model, default_image_size
 
-# Parameter counts in millions as ../shared/PAPER.md gives them (Table 4 and its notes), with the
+# Parameter counts in millions as the paper gives them (Table 4 and its notes), with the
 # number of decimals the paper reports.
 PAPER_PARAMS_M = {
     "cnn": (0.551, 3), "vgg11": (9.23, 2), "vgg13": (9.4, 1), "vgg16": (14.7, 1),

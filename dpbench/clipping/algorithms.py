@@ -1,4 +1,5 @@
-"""The registry of clipping algorithms, each a pair (norm strategy, sum strategy); see DESIGN.md."""
+"""The registry of clipping algorithms, each a pair (norm strategy, sum strategy); the README's
+"The clipping engine" describes each."""
 
 from __future__ import annotations
 

@@ -79,6 +79,18 @@ class PrivacyEngine:
             self.per_sample_norms = self._backend.backward(losses).detach()
             self.layer_report = self._backend.layer_report
 
+    def set_branch_timer(self, timer) -> None:
+        """Time the norm branches layer by layer: after each layer with a ghost norm has its norms, and
+        before its inputs and output gradients are released, `timer(rule, calls)` runs and the dict it
+        returns joins the layer's `layer_report` row (dpbench.measure.branches). None removes it. The
+        dpbench algorithms only (their rules hold the inputs); a DpbenchError for the others."""
+        from dpbench.clipping.own import OwnBackend
+
+        if not isinstance(self._backend, OwnBackend):
+            raise DpbenchError(f"per-layer branch timing needs one of dpbench's own algorithms, not "
+                               f"'{self.algorithm.name}'")
+        self._backend.branch_timer = timer
+
     def add_noise(self) -> None:
         """Add N(0, σ²R²) to every trainable parameter's gradient (creating zero gradients if absent).
         A no-op for `nonprivate`, which is plain training: the speed and memory reference."""
@@ -93,8 +105,8 @@ class PrivacyEngine:
             if self.generator is not None and self.generator.device.type != p.device.type:
                 raise DpbenchError(f"the noise generator is on {self.generator.device} but parameters are "
                                    f"on {p.device}: pass a generator on the parameters' device")
-            # drawn in place into a fresh buffer; on CPU as fast as torch.normal (9.2M floats, 1 thread,
-            # medians of 10 alternating draws: 61.6 vs 62.3 ms); noise is inherent to every private step
+            # drawn in place into a fresh buffer, as fast as torch.normal on CPU (paper/engine_timings.md);
+            # noise is inherent to every private step
             p.grad.add_(torch.empty_like(p.grad).normal_(0.0, std, generator=self.generator))
 
     def detach(self) -> None:

@@ -328,9 +328,8 @@ class OwnBackend:
     def _chunks(self, rule: LayerRule, calls: list[Call], choice: str):
         """The calls in batch chunks whose temporaries (unfolded inputs, Gram matrices, per-sample
         gradients and the convolution library's copies) stay within CHUNK_ELEMENTS at a time.
-        Book-keeping keeps each chunk's instantiated gradients, but not the library's copies (the
-        grouped conv weight backward of a whole batch measured +19 MiB of peak on the paper's CNN at
-        batch 64)."""
+        Book-keeping keeps each chunk's instantiated gradients, but not the library's copies (those of a
+        whole batch raise the peak: paper/engine_timings.md)."""
         B = self._norm_sq.shape[0]
         size = max(1, CHUNK_ELEMENTS // max(1, rule.working_space(calls, choice)))
         if size >= B:

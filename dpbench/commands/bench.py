@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from dpbench.cli import positive_int
 from dpbench.measure import MeasurementFailed, bench_result
-from dpbench.measure.cli_args import add_config_arguments, config_from_args, one_line_errors, positive_int
+from dpbench.measure.cli_args import add_config_arguments, config_from_args
 from dpbench.measure.memory import format_bytes
 from dpbench.results import write_json_atomic
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput and peak memory of one configuration (fresh process)")
-    one_line_errors(p)
     add_config_arguments(p, steps=10, warmup=3)
     p.add_argument("--batch-size", type=positive_int, required=True)
     p.add_argument("--out", required=True, help="result JSON file")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dpbench.measure.cli_args import one_line_errors, positive_int
+from dpbench.cli import positive_int
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("branches", help="per layer: ghost norm vs instantiation time, against the "
                                                "paper's space rule")
-    one_line_errors(p)
     p.add_argument("--model", required=True, help="model name from the registry (dpbench.models)")
     p.add_argument("--batch-size", type=positive_int, required=True)
     p.add_argument("--image-size", type=positive_int, default=None, help="input height = width (default: the model's)")
@@ -40,6 +39,7 @@ def markdown(result: dict, command: str) -> str:
 def run(args) -> int:
     import torch
 
+    from dpbench.device import select
     from dpbench.measure.branches import branch_times
     from dpbench.measure.child import build
     from dpbench.measure.config import BenchConfig
@@ -53,7 +53,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # the bench's model and synthetic batch; a plain engine (no hooks) that branch_times replaces
-    model, engine, _, x, y, _ = build(config, torch.device(config.device))
+    model, engine, _, x, y, _ = build(config, select(config.device))
     engine.detach()
     rows = branch_times(model, x, y, args.repeats)
     agree = sum(r["rules_agree"] for r in rows)

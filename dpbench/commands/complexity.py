@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from dpbench.cli import positive_int
 from dpbench.complexity import model_complexity, to_markdown
-from dpbench.measure.cli_args import one_line_errors, positive_int
 from dpbench.results import write_text_atomic
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("complexity", help="predicted per-layer FLOPs and extra memory of every algorithm")
-    one_line_errors(p)
     p.add_argument("--model", required=True, help="model name from the registry (dpbench.models)")
     p.add_argument("--image-size", type=positive_int, default=None, help="input height = width (default: the model's)")
     p.add_argument("--num-classes", type=positive_int, default=10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from dpbench.accounting import ACCOUNTANTS, epsilon
-from dpbench.measure.cli_args import one_line_errors
 
 
 def add_accountant_arguments(parser) -> None:
@@ -17,7 +16,6 @@ def add_accountant_arguments(parser) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("epsilon", help="privacy budget ε spent by DP-SGD with Poisson sampling")
-    one_line_errors(p)
     p.add_argument("--noise-multiplier", type=float, required=True, help="noise multiplier σ")
     p.add_argument("--sampling-rate", type=float, required=True, help="Poisson sampling rate q in (0, 1]")
     p.add_argument("--steps", type=int, required=True, help="number of noisy steps (logical batches)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dpbench.cli import positive_int
 from dpbench.errors import DpbenchError
 from dpbench.measure import MeasurementFailed, maxbatch_result
-from dpbench.measure.cli_args import add_config_arguments, config_from_args, one_line_errors, positive_int
+from dpbench.measure.cli_args import add_config_arguments, config_from_args
 from dpbench.measure.memory import format_bytes, parse_memory_size, total_memory_bytes
 from dpbench.results import write_json_atomic
 
@@ -22,7 +23,6 @@ def memory_size(text: str) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("maxbatch", help="largest batch size within a memory budget (fresh process per probe)")
-    one_line_errors(p)
     add_config_arguments(p, steps=1, warmup=1)
     p.add_argument("--memory-budget", type=memory_size, default=None,
                    help="e.g. 8GiB, 512MiB, 2GB or bytes (default: the device's total memory)")

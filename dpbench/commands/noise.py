@@ -6,12 +6,10 @@ import json
 
 from dpbench.accounting import SEARCH_TOLERANCE, epochs_to_steps, epsilon, noise_multiplier_for
 from dpbench.commands.epsilon import add_accountant_arguments
-from dpbench.measure.cli_args import one_line_errors
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("noise", help="noise multiplier σ for a target ε (DP-SGD, Poisson sampling)")
-    one_line_errors(p)
     p.add_argument("--epsilon", type=float, required=True, help="target ε > 0")
     p.add_argument("--delta", type=float, required=True, help="δ in (0, 1)")
     p.add_argument("--sampling-rate", type=float, required=True, help="Poisson sampling rate q in (0, 1]")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dpbench.measure.cli_args import add_config_arguments, config_from_args, one_line_errors, positive_int
+from dpbench.cli import positive_int
+from dpbench.measure.cli_args import add_config_arguments, config_from_args
 from dpbench.results import environment, write_json_atomic
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("profile", help="torch.profiler view of one training step: regions and top operators")
-    one_line_errors(p)
     add_config_arguments(p, steps=1, warmup=2)
     p.add_argument("--batch-size", type=positive_int, required=True)
     p.add_argument("--rows", type=positive_int, default=12, help="operators listed, by self time (default: 12)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dpbench.errors import DpbenchError
-from dpbench.measure.cli_args import one_line_errors
 
 REPORTED_COLUMNS = {"quantity", "model", "layer", "algorithm", "image_size", "batch_size", "dataset", "epsilon",
                     "value", "unit", "device", "source", "exactness"}
@@ -11,7 +10,6 @@ REPORTED_COLUMNS = {"quantity", "model", "layer", "algorithm", "image_size", "ba
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="the reproduction report (Markdown): paper vs this run")
-    one_line_errors(p)
     p.add_argument("--reported", required=True, metavar="CSV", help="the paper's numbers (paper/reported.csv)")
     p.add_argument("--throughput-memory", metavar="CSV", help="throughput_memory.csv of this run")
     p.add_argument("--maxbatch", metavar="CSV", help="maxbatch.csv of this run")
@@ -23,30 +21,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read(path: str | None):
-    import pandas as pd
-
-    if path is None:
-        return None
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        raise DpbenchError(f"table not found: {path}") from None
-
-
 def run(args) -> int:
+    from dpbench.report.load import read_table
     from dpbench.report.reproduction import Ours, render
     from dpbench.report.style import ALGORITHM_ORDER
     from dpbench.results import write_text_atomic
 
     if args.dp_algorithm not in ALGORITHM_ORDER:
         raise DpbenchError(f"unknown --dp-algorithm {args.dp_algorithm!r}; one of {', '.join(ALGORITHM_ORDER)}")
-    reported = _read(args.reported)
+    reported = read_table(args.reported)
     missing = REPORTED_COLUMNS - set(reported.columns)
     if missing:
         raise DpbenchError(f"{args.reported} lacks the columns {', '.join(sorted(missing))}")
-    ours = Ours(_read(args.throughput_memory), _read(args.maxbatch), _read(args.accuracy),
-                _read(args.complexity_layers))
+    ours = Ours(read_table(args.throughput_memory), read_table(args.maxbatch), read_table(args.accuracy),
+                read_table(args.complexity_layers))
     write_text_atomic(args.out, render(reported, ours, args.dp_algorithm))
     print(f"dpbench report: wrote {args.out}")
     return 0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dpbench.cli import positive_int
 from dpbench.errors import DpbenchError
-from dpbench.measure.cli_args import one_line_errors, positive_int
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tables", help="result tables (CSV + Markdown) from result files")
-    one_line_errors(p)
     p.add_argument("--bench", nargs="*", default=[], metavar="JSON", help="bench results (throughput/memory, Table 4)")
     p.add_argument("--maxbatch", nargs="*", default=[], metavar="JSON", help="maxbatch results")
     p.add_argument("--bench-at-max", nargs="*", default=[], metavar="JSON",

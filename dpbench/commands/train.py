@@ -13,7 +13,6 @@ import typing
 from pathlib import Path
 
 from dpbench.errors import DpbenchError
-from dpbench.measure.cli_args import one_line_errors
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 HELP = {
@@ -58,7 +57,6 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("train", help="DP-SGD training to a target ε (Poisson sampling, checkpoints)",
                               description=__doc__)
-    one_line_errors(p)
     p.add_argument("--config", metavar="FILE", help="YAML file of options (command-line options override it)")
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):

@@ -16,18 +16,17 @@ import torch.nn.functional as F
 
 from dpbench.clipping.decision import GHOST, INSTANTIATE
 from dpbench.clipping.layers.base import squared_norms
+from dpbench.device import synchronize
 
 
 def best_time(fn, repeats: int, device: torch.device, clock=time.perf_counter) -> float:
     """The shortest of `repeats` runs of `fn` in seconds of `clock`, the device synchronised around each."""
     best = math.inf
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = clock()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, clock() - start)
     return best
 
@@ -44,7 +43,7 @@ def branch_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repea
         inst = best_time(lambda: squared_norms(rule.instantiate(calls)), repeats, x.device)
         return {"ghost_s": ghost, "instantiate_s": inst}
 
-    engine._backend.branch_timer = timer
+    engine.set_branch_timer(timer)
     try:
         engine.backward(F.cross_entropy(model(x), y, reduction="none"))
     finally:

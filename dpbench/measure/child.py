@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dpbench.device import select, synchronize
 from dpbench.errors import DpbenchError
 from dpbench.measure.config import BenchConfig
 from dpbench.measure.memory import (current_rss_bytes, peak_rss_bytes, release_freed_memory_promptly,
@@ -48,11 +49,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OOM_MARKERS)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -100,13 +96,10 @@ def train_step(model, engine, optimizer, x, y) -> None:
 
 def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_bytes: int | None = None) -> dict:
     """Run one configuration in this (fresh) process and return the measured fields of the result."""
-    device = torch.device(config.device)
+    device = select(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
         if memory_budget_bytes:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
@@ -130,15 +123,15 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
         step_memory = step_memory_growth(device, lambda: train_step(model, engine, optimizer, x, y))
         for _ in range(config.warmup):
             train_step(model, engine, optimizer, x, y)
-        _synchronize(device)
+        synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times, cpu_times = [], []
         for _ in range(config.steps):
-            _synchronize(device)
+            synchronize(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             train_step(model, engine, optimizer, x, y)
-            _synchronize(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
     except Exception as error:  # noqa: BLE001 (only memory failures are results; others re-raised)
@@ -168,11 +161,11 @@ def step_memory_growth(device: torch.device, step) -> int | None:
     buffer would slow the timed steps) and the warm-up steps refill its heap. None where unsupported."""
     if device.type == "cuda":
         step()
-        torch.cuda.synchronize(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         step()
-        torch.cuda.synchronize(device)
+        synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
     if not release_freed_memory_promptly():
         step()

@@ -1,40 +1,12 @@
-"""Command-line options shared by `dpbench bench` and `dpbench maxbatch`."""
+"""Command-line options of one measured configuration, shared by `dpbench bench`, `maxbatch` and `profile`."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import replace
 
+from dpbench.cli import non_negative_int, positive_int
 from dpbench.measure.config import DTYPES, BenchConfig
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make argparse report a bad argument of this subcommand as one line (no usage block), exit 2."""
-    def error(message: str):
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-    parser.error = error
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, steps: int, warmup: int) -> None:

@@ -55,21 +55,7 @@ class BenchConfig:
             raise DpbenchError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
         if self.noise_multiplier < 0:
             raise DpbenchError(f"--noise-multiplier must be >= 0, got {self.noise_multiplier}")
-        _validate_device(self.device)
+        from dpbench.device import check
+
+        check(self.device)
         return self
-
-
-def _validate_device(device: str) -> None:
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise DpbenchError(f"unknown device {device!r} (expected cpu, cuda or cuda:N)") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise DpbenchError(f"unsupported device {device!r} (expected cpu, cuda or cuda:N)")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DpbenchError(f"device {device!r} requested but CUDA is not available on this machine")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise DpbenchError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")

@@ -96,7 +96,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.
 MMAP_THRESHOLD_BYTES = 128 * 1024
 # after a memory measurement: glibc's adaptive mmap threshold ends at 32 MiB on 64-bit systems
 # (DEFAULT_MMAP_THRESHOLD_MAX); a large trim threshold keeps the freed heap mapped between steps (a
-# lower one re-faults pages every step: measured 20-25% slower ResNet18 steps on CPU than never switching)
+# lower one re-faults pages every step, which slows the timed steps: paper/engine_timings.md)
 RESTORED_MMAP_THRESHOLD_BYTES = 32 * 1024**2
 RESTORED_TRIM_THRESHOLD_BYTES = 1024**3
 

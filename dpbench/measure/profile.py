@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from dpbench.device import select, synchronize
 from dpbench.measure.child import build, train_step
 from dpbench.measure.config import BenchConfig
 
@@ -34,36 +35,22 @@ def profiled_step(model, engine, optimizer, x, y) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    return device
-
-
 def profile_step(config: BenchConfig, rows: int = 12) -> dict:
     """Profile `config.steps` training steps after `config.warmup` warm-up steps; the measured fields
     of the `kind: profile` result, every time in milliseconds per step."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _resolve_device(config.device)
+    device = select(config.device)
     model, engine, optimizer, x, y, info = build(config, device)
     for _ in range(config.warmup):
         train_step(model, engine, optimizer, x, y)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _synchronize(device)
+    synchronize(device)
     with profile(activities=activities) as profiler:
         start = time.perf_counter()
         for _ in range(config.steps):
             profiled_step(model, engine, optimizer, x, y)
-        _synchronize(device)
+        synchronize(device)
         wall = time.perf_counter() - start
     engine.detach()
     return {**summarise(profiler.key_averages(), config.steps, rows, device.type == "cuda"),

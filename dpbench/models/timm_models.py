@@ -2,7 +2,7 @@
 
 Pretrained weights are looked up in the local caches first (Hugging Face hub cache, torch hub cache)
 and loaded from there without touching the network. Otherwise they are downloaded only when the hub
-answers a quick connection probe; timm's own offline failure costs ~46 s of retries, which this avoids.
+answers a quick connection probe; timm's own offline failure retries for tens of seconds, which this avoids.
 Without weights the call fails with a DpbenchError, or, when the caller allows random initialisation,
 warns and continues with random weights.
 

@@ -1,10 +1,12 @@
-"""One display name and one colour per algorithm, used by every table and figure."""
+"""One display name and one colour per algorithm of dpbench.clipping.ALGORITHMS (a test checks that
+both cover exactly the registry), used by every table and figure."""
 
 from __future__ import annotations
 
-# Paper order: the DP algorithms from the oldest to the newest, non-private last.
-ALGORITHM_ORDER = ["opacus", "opacus_ghost", "per_sample", "fastgradclip", "ghost", "mixed_ghost",
-                   "bk_ghost", "bk_mixed", "nonprivate"]
+from dpbench.clipping.algorithms import ALGORITHMS
+
+# Paper order: the DP algorithms of the registry (from the oldest to the newest), non-private last.
+ALGORITHM_ORDER = [*(name for name in ALGORITHMS if name != "nonprivate"), "nonprivate"]
 
 ALGORITHM_LABELS = {
     "nonprivate": "Non-private",

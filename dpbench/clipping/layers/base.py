@@ -53,7 +53,9 @@ class LayerRule:
         self.params = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
 
     def shape(self, calls: list[Call]) -> LayerShape | None:
-        """T, d, p, groups of the layer for these calls (None for layers without a ghost norm)."""
+        """T, d, p, groups of the layer for these calls, per sample: the one definition of a layer's
+        geometry, read by the mixed rule and by the cost model (dpbench.complexity). None where a rule
+        has none (the generic replay)."""
         return None
 
     def choose(self, calls: list[Call], strategy: str) -> str:

@@ -37,7 +37,7 @@ def _zero_padded(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor
 def unfold(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """Unfolded input [B, groups, d, T] with d = C_in/groups·∏kernel in the weight's order."""
     B, C, nd, groups = x.shape[0], x.shape[1], len(conv.kernel_size), conv.groups
-    if nd == 2:  # im2col, zero padding inside (1.05-1.25x faster than padding first); 2x the copy below
+    if nd == 2:  # im2col with the zero padding inside (faster than padding first: paper/engine_timings.md)
         x, padding = padded_input(conv, x)
         cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
         return cols.view(B, groups, -1, cols.shape[-1])
@@ -125,10 +125,9 @@ def pixel_positions(conv: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> 
 
 def patch_gram_is_faster(n: int, T: int, channels: int, d: int) -> bool:
     """The pixel Gram against im2col + Gram, per sample and group, in multiply-add equivalents fitted to
-    `scripts/conv_routes.py` (CPU, batch 32): the pixel Gram costs n²·C plus its n×n buffers' offset
-    sums (~45 per entry while a sample's buffer stays within 256 KiB, ~400 beyond: out of cache); im2col
-    costs T²·d plus ~127 per copied entry. It picks the faster route in the 13 CIFAR layer shapes timed
-    (the closest: 64->64 at 32×32, pixel Gram 518-585 ms against 582-642)."""
+    `scripts/conv_routes.py` (CPU, batch 32; the timings: paper/engine_timings.md): the pixel Gram costs
+    n²·C plus its n×n buffers' offset sums (~45 per entry while a sample's buffer stays within 256 KiB,
+    ~400 beyond: out of cache); im2col costs T²·d plus ~127 per copied entry."""
     per_entry = 45 if n * n <= 2 ** 16 else 400
     return n * n * (channels + per_entry) <= T * T * d + 127 * T * d
 
@@ -164,11 +163,11 @@ LOOP, UNFOLD, GROUPED = "loop", "unfold", "grouped"
 def instantiation_route(device_type: str, s: LayerShape) -> str:
     """How to form per-sample conv weight gradients (`scripts/conv_routes.py` times all three):
     - UNFOLD + matmul where `unfold_is_faster` (few positions against d);
-    - LOOP, one weight backward per sample, on CPU once a sample costs ≥ 2^25 multiply-adds: at
-      37.7M (CIFAR ResNet18's 64->64 at 32×32, 128->128 at 16×16) it beat oneDNN's grouped
-      convolution in 7 of 8 timings at batch 32/64 (by up to 1.45x), with no consistent winner at
-      18.9M; its library copies are one sample's, not the batch's;
-    - GROUPED otherwise, and on other devices (the loop was not measured there)."""
+    - LOOP, one weight backward per sample, on CPU once a sample costs ≥ 2^25 multiply-adds (where it
+      beat oneDNN's grouped convolution on CIFAR ResNet18's layers); its library copies are one
+      sample's, not the batch's;
+    - GROUPED otherwise, and on other devices (the loop was not measured there).
+    The timings that set the threshold: paper/engine_timings.md."""
     if unfold_is_faster(s.T, s.d):
         return UNFOLD
     if device_type == "cpu" and s.T * s.p * s.d * s.groups >= 2 ** 25:
@@ -178,15 +177,14 @@ def instantiation_route(device_type: str, s: LayerShape) -> str:
 
 def unfold_is_faster(T: int, d: int) -> bool:
     """Unfold + matmul beats both weight-backward routes for few positions against d (CPU, batch 32,
-    `scripts/conv_routes.py`: T=64, d=2304: 64-84 ms against the loop's 101-118 and grouped 139-144;
-    T=16, d=4608: 153-161 against 302-319 and 395-473); 2-4x slower at T ≥ 256."""
+    `scripts/conv_routes.py`; the timings: paper/engine_timings.md)."""
     return 8 * T < d
 
 
 def unfolded_weight_grad_is_faster(device_type: str, g: torch.Tensor) -> bool:
     """The batch's weight gradient as one matmul of the unfolded input, instead of oneDNN's weight
-    backward, on CPU at ≤ 16 output positions (`scripts/conv_routes.py`, batch 32: ~3x faster at T=4,
-    2×2 maps; 1.0-1.3x at T=16; 2-2.5x slower at T=64). Other devices keep the library's (not measured)."""
+    backward, on CPU at ≤ 16 output positions (`scripts/conv_routes.py`, batch 32; the timings:
+    paper/engine_timings.md). Other devices keep the library's (not measured)."""
     return device_type == "cpu" and math.prod(g.shape[2:]) <= 16
 
 
@@ -234,8 +232,8 @@ class ConvRule(LayerRule):
                 return self.module.weight.numel() + s.T * s.d * s.groups
             if route == LOOP:  # the library's copies are of one sample at a time
                 return self.module.weight.numel()
-            # the grouped weight backward: oneDNN reorders its input and output gradient (measured:
-            # ~50 MiB for CIFAR ResNet18's first stage at batch 64)
+            # the grouped weight backward: oneDNN reorders its input and output gradient (an
+            # input-sized copy each; measured in paper/engine_timings.md)
             per_sample = sum(c.args[0][0].numel() + c.grads[0][0].numel() for c in calls)
             return self.module.weight.numel() + per_sample
         if self._pixel_gram(calls):

@@ -4,15 +4,27 @@ small as the layer's parameters, so they are always instantiated."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from dpbench.clipping.layers.base import LayerRule, chunked_weighted_sum
+from dpbench.clipping.layers.base import LayerRule, LayerShape, chunked_weighted_sum
 
 
 class _AffineNormRule(LayerRule):
     """Per-sample gradients as small as the parameters: always instantiated, so the clipped sum is their
     weighted sum."""
+
+    def channels(self) -> int:
+        """C: the affine parameters' size (the channels normalised with their own weight)."""
+        raise NotImplementedError
+
+    def shape(self, calls):
+        """T positions per channel (summed over calls), d = 1, p = C: the geometry the cost model reads;
+        there is no ghost norm."""
+        C = self.channels()
+        return LayerShape(sum(c.args[0][0].numel() // C for c in calls), 1, C)
 
     def clipped_sum(self, calls, coef):
         return chunked_weighted_sum([self.instantiate(calls)], coef)
@@ -20,6 +32,9 @@ class _AffineNormRule(LayerRule):
 
 class LayerNormRule(_AffineNormRule):
     """LayerNorm over the trailing normalized_shape: Σ g·x̂ and Σ g over the leading positions."""
+
+    def channels(self):
+        return math.prod(self.module.normalized_shape)
 
     def working_space(self, calls, choice):
         """x̂ and g·x̂ are input-sized per sample."""
@@ -55,9 +70,11 @@ def layer_norm_grads(x, g, normalized_shape, eps: float, weight: bool, bias: boo
 class GroupNormRule(_AffineNormRule):
     """GroupNorm on [B, C, *]: one weight per channel. The per-sample gradients come from the library's
     fused GroupNorm weight backward with the batch folded into the channels (one "sample" of B·C
-    channels in B·groups groups): Σ g·x and Σ g in one pass, and no product tensor (CIFAR ResNet18's
-    GroupNorms at batch 32, 1 thread: 2.1 against 3.3 ms at 64×32×32 for the generic x̂ route, 1.3 against
-    1.7 at 128×16×16; throw-away timing)."""
+    channels in B·groups groups): Σ g·x and Σ g in one pass, and no product tensor (faster than the generic
+    x̂ route on CIFAR ResNet18's GroupNorms: paper/engine_timings.md)."""
+
+    def channels(self):
+        return self.module.num_channels
 
     def working_space(self, calls, choice):
         """The statistics' forward writes an input-sized output."""
@@ -71,7 +88,7 @@ class GroupNormRule(_AffineNormRule):
             x, g = c.args[0], c.grads[0]
             B, C = x.shape[:2]
             positions = x[0, 0].numel()
-            # the library's forward for the group statistics (torch.var_mean measured ~8x slower)
+            # the library's forward for the group statistics (torch.var_mean is slower: paper/engine_timings.md)
             _, mean, rstd = torch.ops.aten.native_group_norm(x, None, None, B, C, positions, module.num_groups,
                                                              module.eps)
             _, dw, db = torch.ops.aten.native_group_norm_backward(
