@@ -29,6 +29,9 @@ localrules:
     all,
 
 
+FAILED_RESULTS = force_rerun_of_failures()
+
+
 rule all:
     input:
         table_files("csv"),

@@ -30,6 +30,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def memory_size(text: str) -> int:
+    """argparse type for --memory-budget: a size such as 16GiB, 512MiB, 2GB or bytes."""
+    from dpbench.measure.memory import parse_memory_size
+
+    try:
+        return parse_memory_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def one_line_errors(parser: argparse.ArgumentParser) -> None:
     """Make argparse report a bad argument of this subcommand as one line (no usage block), exit 2."""
     def error(message: str):

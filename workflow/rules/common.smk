@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shlex
 import sys
 from itertools import product
@@ -13,6 +14,8 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 validate(config, schema="../schemas/config.schema.yaml")
 
 REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO))  # dpbench.failures: the format of failure records, read below
+from dpbench.failures import is_failure_file
 
 
 def _check_unique(names, what):
@@ -29,6 +32,7 @@ _check_unique([r["name"] for r in config["train"]], "train runs")
 
 # Sweep options by name: bench sweeps and maxbatch sweeps (whose throughput-at-max runs are benches).
 SWEEPS = {s["name"]: s for s in config["bench"] + config["maxbatch"]}
+BENCH_SWEEPS = {s["name"] for s in config["bench"]}
 TRAIN_RUNS = {r["name"]: r for r in config["train"]}
 
 # Result files: one per job, the only state of the workflow.
@@ -82,6 +86,35 @@ def stage_resources(stage):
     return config["resources"][stage]
 
 
+# Retries: a measuring job that fails (crash, out of time, killed, lost node) is retried up to
+# `retries` times, each attempt with the stage's runtime and mem_mb times the attempt number; the
+# last attempt writes a failure record where the result belongs (`dpbench guard`), so that the
+# tables and reports are built and list it. The next invocation reruns exactly those (see
+# `force_rerun_of_failures` below).
+RETRIES = config["retries"]
+ATTEMPTS = RETRIES + 1
+
+
+def grown(stage, key):
+    """runtime or mem_mb of the stage for an attempt: the config's value times the attempt number."""
+    base = stage_resources(stage)[key]
+    return lambda wildcards, attempt: base * attempt
+
+
+def this_attempt(wildcards, attempt):
+    """The attempt number, as a resource (resources are no rerun trigger; params would be)."""
+    return attempt
+
+
+def guarded(kind):
+    """The `dpbench guard` prefix of a measuring command (see dpbench/commands/guard.py): the
+    subcommand after it writes the result; a failure on the last attempt writes a record instead.
+    The rule has params dpbench (DPBENCH) and record (the configuration as JSON)."""
+    return (f"{{params.dpbench}} guard --kind {kind} --out {{output.json}} --config {{params.record:q}}"
+            f" --attempt {{resources.attempt}} --attempts {ATTEMPTS} --time-limit {{resources.runtime}}"
+            f" --log {{log}} --")
+
+
 def fmt_epsilon(epsilon):
     """The epsilon as it appears in file names: 1, 2, 2.93."""
     return f"{float(epsilon):g}"
@@ -119,17 +152,34 @@ def maxbatch_files():
     return [MAXBATCH.format(**key) for key in maxbatch_keys()]
 
 
+def max_batch_size(key):
+    """The maximum batch size a finished maxbatch search found (0 for none, or for a failure record);
+    asking makes the caller wait for that checkpoint."""
+    with open(checkpoints.maxbatch.get(**key).output.json) as fh:
+        result = json.load(fh)
+    return result.get("max_batch_size") or 0
+
+
 def bench_at_max_files(wildcards):
     """The throughput runs at each maximum batch size found; known once the maxbatch checkpoints ran."""
     files = []
     for key in maxbatch_keys():
-        if not SWEEPS[key["sweep"]]["throughput"]:
-            continue
-        result = checkpoints.maxbatch.get(**key).output.json
-        with open(result) as fh:
-            batch_size = json.load(fh)["max_batch_size"]
-        if batch_size > 0:
-            files.append(BENCH.format(batch_size=batch_size, **key))
+        if SWEEPS[key["sweep"]]["throughput"]:
+            batch_size = max_batch_size(key)
+            if batch_size > 0:
+                files.append(BENCH.format(batch_size=batch_size, **key))
+    return files
+
+
+def at_max_files_so_far():
+    """The throughput runs at the maximum batch sizes of the searches finished so far (read at parse time)."""
+    files = []
+    for key in maxbatch_keys():
+        path = Path(MAXBATCH.format(**key))
+        if SWEEPS[key["sweep"]]["throughput"] and path.exists() and not is_failure_file(path):
+            batch_size = json.loads(path.read_text()).get("max_batch_size") or 0
+            if batch_size > 0:
+                files.append(BENCH.format(batch_size=batch_size, **key))
     return files
 
 
@@ -157,18 +207,28 @@ def device_options():
     return f"--device {config['device']} --seed {config['seed']}"
 
 
+def budget_option(sweep, throughput_at_max=False):
+    """--memory-budget of a sweep's jobs. The throughput runs at a maximum batch size keep their search's
+    budget on CUDA, where the allocator's cap is exact; on the CPU the resident set varies by a few MB
+    from run to run and would turn the batch size that fitted into a spurious out-of-memory result."""
+    budget = sweep.get("memory_budget")
+    if throughput_at_max and not config["device"].startswith("cuda"):
+        budget = None
+    return "" if budget is None else f" --memory-budget {shlex.quote(str(budget))}"
+
+
 def bench_options(wildcards):
     sweep = SWEEPS[wildcards.sweep]
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
-            f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']} --steps {sweep['steps']}"
-            f" --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
+            f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']}"
+            f"{budget_option(sweep, throughput_at_max=wildcards.sweep not in BENCH_SWEEPS)}"
+            f" --steps {sweep['steps']} --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
 
 
 def maxbatch_options(wildcards):
     sweep = SWEEPS[wildcards.sweep]
-    budget = "" if sweep["memory_budget"] is None else f" --memory-budget {shlex.quote(str(sweep['memory_budget']))}"
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
-            f" --num-classes {sweep['num_classes']}{budget} --start {sweep['start']} --limit {sweep['limit']}"
+            f" --num-classes {sweep['num_classes']}{budget_option(sweep)} --start {sweep['start']} --limit {sweep['limit']}"
             f" --tolerance {sweep['tolerance']} --dtype {config['dtype']} {device_options()}")
 
 
@@ -241,3 +301,108 @@ def table_options():
                 "complexity_layers": "complexity"}
     return " ".join(f"--{name.replace('_', '-')} {table_path(name, 'csv')}"
                     for name, stage in stage_of.items() if config[stage])
+
+
+# ---------------------------------------------------------------- comparison groups
+# One job group (on SLURM: one job, one GPU) per comparison group: a bench sweep's (model, image size,
+# batch size), a maxbatch sweep's (model, image size) for its searches and again for its throughput
+# runs at the maximum batch sizes. Inside a group the algorithms run one after the other, each in its
+# own process, chained by an `ancient` input on the previous one's result (the group is one connected
+# piece of the DAG, so Snakemake needs no --group-components; `ancient` keeps a rerun of one result
+# from rerunning the rest). The order alternates between consecutive groups of a sweep (forwards,
+# backwards, ...), so that a drift of the node over a group's run cancels across groups.
+
+
+def group_position(sweep, *key):
+    """Index of the (model, image size[, batch size]) key among the sweep's groups."""
+    lists = [sweep["models"], sweep["image_sizes"]] + ([sweep["batch_sizes"]] if len(key) == 3 else [])
+    return list(product(*lists)).index(key)
+
+
+def algorithm_order(sweep, position):
+    """The order of the sweep's algorithms in its group number `position`: forwards, backwards, ..."""
+    algorithms = list(sweep["algorithms"])
+    return algorithms if position % 2 == 0 else algorithms[::-1]
+
+
+def _previous(order, algorithm):
+    return order[: order.index(algorithm)][::-1]
+
+
+def bench_group(wildcards):
+    if wildcards.sweep in BENCH_SWEEPS:
+        return f"bench.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}.b{wildcards.batch_size}"
+    return f"at_max.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}"
+
+
+def maxbatch_group(wildcards):
+    return f"maxbatch.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}"
+
+
+def bench_previous(wildcards):
+    """The result measured just before this one in its group (none for the first)."""
+    sweep = SWEEPS[wildcards.sweep]
+    size = int(wildcards.image_size)
+    if wildcards.sweep in BENCH_SWEEPS:
+        order = algorithm_order(sweep, group_position(sweep, wildcards.model, size, int(wildcards.batch_size)))
+        before = _previous(order, wildcards.algorithm)
+        return [ancient(BENCH.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+    # a throughput run at a maximum batch size: after the nearest earlier algorithm that has one
+    order = algorithm_order(sweep, group_position(sweep, wildcards.model, size))
+    for algorithm in _previous(order, wildcards.algorithm):
+        batch_size = max_batch_size(dict(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
+                                         algorithm=algorithm))
+        if batch_size:
+            return [ancient(BENCH.format(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
+                                         batch_size=batch_size, algorithm=algorithm))]
+    return []
+
+
+def maxbatch_previous(wildcards):
+    """The search run just before this one in its group (none for the first)."""
+    sweep = SWEEPS[wildcards.sweep]
+    order = algorithm_order(sweep, group_position(sweep, wildcards.model, int(wildcards.image_size)))
+    before = _previous(order, wildcards.algorithm)
+    return [ancient(MAXBATCH.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+
+
+# ---------------------------------------------------------------- what a failure record names
+
+
+def measured_config(wildcards, **extra):
+    """The configuration of a measuring job as JSON, copied into its failure record."""
+    numbers = {"image_size", "batch_size"}
+    fields = {k: int(v) if k in numbers else v for k, v in dict(wildcards).items()}
+    return json.dumps({**fields, **extra, "device": config["device"], "dtype": config["dtype"],
+                       "seed": config["seed"]})
+
+
+def bench_record(wildcards):
+    sweep = SWEEPS[wildcards.sweep]
+    return measured_config(wildcards, num_classes=sweep["num_classes"], memory_budget=sweep.get("memory_budget"))
+
+
+def maxbatch_record(wildcards):
+    sweep = SWEEPS[wildcards.sweep]
+    return measured_config(wildcards, num_classes=sweep["num_classes"], memory_budget=sweep["memory_budget"])
+
+
+def train_record(wildcards):
+    return measured_config(wildcards, model=TRAIN_RUNS[wildcards.run]["model"],
+                           dataset=TRAIN_RUNS[wildcards.run]["dataset"])
+
+
+# ---------------------------------------------------------------- rerunning failures
+
+
+def force_rerun_of_failures():
+    """Every result of this config that is a failure record is rerun, as with `-R FILE`: the next
+    invocation of the same command redoes exactly the failed configurations (and the missing ones,
+    which Snakemake redoes anyway). Only in the main Snakemake process, not inside a cluster job."""
+    if not workflow.is_main_process or workflow.dag_settings is None:
+        return []
+    candidates = bench_files() + maxbatch_files() + train_files() + profile_files() + at_max_files_so_far()
+    failed = [path for path in candidates if is_failure_file(path)]
+    if failed:
+        workflow.dag_settings.forcerun = frozenset(workflow.dag_settings.forcerun) | set(failed)
+    return failed

@@ -3,6 +3,8 @@ region by region and operator by operator (the profiler section of paper/perform
 
 
 rule profile:
+    input:
+        previous=profile_previous,
     output:
         json=PROFILE,
     log:
@@ -10,14 +12,19 @@ rule profile:
     params:
         dpbench=DPBENCH,
         options=profile_options,
+        record=measured_config,
+    group:
+        profile_group
+    retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=stage_resources("bench")["runtime"],
-        mem_mb=stage_resources("bench")["mem_mb"],
+        runtime=grown("bench", "runtime"),
+        mem_mb=grown("bench", "mem_mb"),
+        attempt=this_attempt,
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} profile {params.options}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("profile") + " profile {params.options}"
         " --threads {threads} --out {output.json} > {log} 2>&1"
