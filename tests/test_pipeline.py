@@ -64,22 +64,55 @@ def test_dry_run_lists_every_job(name, tmp_path):
     counts = job_counts(run.stdout + run.stderr)
     assert counts == expected_counts(yaml.safe_load(configfile.read_text()))
     if name == "paper":  # the paper's sweep, counted by hand
-        assert counts == {"bench": 230, "maxbatch": 98, "complexity": 11, "train": 8, "profile": 7} | AGGREGATES
+        assert counts == {"bench": 230, "maxbatch": 100, "complexity": 11, "train": 8, "profile": 7} | AGGREGATES
     else:  # every algorithm, two or three batch sizes, every stage
         config = yaml.safe_load(configfile.read_text())
         algorithms = {a for s in config["bench"] for a in s["algorithms"]}
         assert len(algorithms) == 9 and all(1 <= len(s["batch_sizes"]) <= 3 for s in config["bench"])
 
 
+def group_jobs(output: str) -> dict[str, list[tuple[str, str]]]:
+    """Group id -> [(previous result or '', result)] of each job in a dry run's group jobs."""
+    groups = {}
+    for block in re.split(r"\n(?=\[[^\]]*\] Group job )", output)[1:]:
+        name = re.match(r"\[[^\]]*\] Group job (\S+)", block).group(1)
+        jobs = re.findall(r"rule \w+:\n(?:\s+input: (\S+)\n)?\s+output: (\S+)", block)
+        groups[name] = jobs
+    return groups
+
+
 def test_dry_run_of_the_slurm_profile(tmp_path):
-    """`--profile slurm` parses (YTE templating, plugin options) and sends GPU rules with gpu=1."""
+    """`--profile slurm` parses (YTE templating, plugin options) and sends GPU rules with gpu=1; one
+    SLURM job per comparison group, its algorithms chained in an order that alternates between groups."""
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--configfile",
                           "config/paper.yaml", "--directory", str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "DPBENCH_SLURM_PARTITION": "gpux"})
+                         text=True, timeout=180, env={**os.environ, "DPBENCH_SLURM_PARTITION": "gpux"})
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     bench = re.search(r"rule bench:.*?resources: ([^\n]*)", output, re.S).group(1)
     assert "slurm_partition=gpux" in bench and "gpu=1" in bench and "runtime=60" in bench
+
+    config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    groups = group_jobs(output)
+    expected = ({f"bench.{s['name']}.{m}.s{i}.b{b}" for s in config["bench"]
+                 for m, i, b in product(s["models"], s["image_sizes"], s["batch_sizes"])}
+                | {f"maxbatch.{s['name']}.{m}.s{i}" for s in config["maxbatch"]
+                   for m, i in product(s["models"], s["image_sizes"])}
+                | {f"profile.{m}.s{i}.b{b}" for p in config["profile"]
+                   for m, i, b in product(p["models"], p["image_sizes"], p["batch_sizes"])})
+    assert set(groups) == expected and len(groups) == 48  # instead of 230 + 100 + 7 single jobs
+    ungrouped = re.findall(r"^rule (\w+):", output, re.M)  # submitted alone: train; the rest run locally
+    assert sorted(set(ungrouped)) == ["all", "complexity", "figures", "perf_report", "reproduction_report",
+                                      "tables", "train"]
+    table4 = config["bench"][0]["algorithms"]
+    for position, batch in enumerate(["64", "256"]):  # resnet18 is table4's second model: groups 2 and 3
+        jobs = groups[f"bench.table4.resnet18.s32.b{batch}"]
+        chain = {Path(previous).stem if previous else None: Path(result).stem for previous, result in jobs}
+        order, algorithm = [], None
+        while algorithm in chain:
+            algorithm = chain[algorithm]
+            order.append(algorithm)
+        assert order == (table4 if position == 0 else table4[::-1]), order
 
 
 def write_config(tmp_path: Path, change) -> Path:

@@ -19,9 +19,7 @@ rule bench:
     retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=grown("bench", "runtime"),
-        mem_mb=grown("bench", "mem_mb"),
-        attempt=this_attempt,
+        **attempt_resources("bench"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:

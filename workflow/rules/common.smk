@@ -49,7 +49,7 @@ REPORTED = str(REPO / "paper" / "reported.csv")
 wildcard_constraints:
     sweep=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    model=r"(timm:)?[A-Za-z0-9][A-Za-z0-9_.-]*",
     algorithm=r"[a-z_]+",
     image_size=r"\d+",
     batch_size=r"\d+",
@@ -106,12 +106,19 @@ def this_attempt(wildcards, attempt):
     return attempt
 
 
+def attempt_resources(stage):
+    """runtime and mem_mb growing with the attempt, the attempt and the number of attempts: resources,
+    so that changing `retries` or retrying reruns nothing that finished."""
+    return dict(runtime=grown(stage, "runtime"), mem_mb=grown(stage, "mem_mb"), attempt=this_attempt,
+                attempts=ATTEMPTS)
+
+
 def guarded(kind):
     """The `dpbench guard` prefix of a measuring command (see dpbench/commands/guard.py): the
     subcommand after it writes the result; a failure on the last attempt writes a record instead.
     The rule has params dpbench (DPBENCH) and record (the configuration as JSON)."""
     return (f"{{params.dpbench}} guard --kind {kind} --out {{output.json}} --config {{params.record:q}}"
-            f" --attempt {{resources.attempt}} --attempts {ATTEMPTS} --time-limit {{resources.runtime}}"
+            f" --attempt {{resources.attempt}} --attempts {{resources.attempts}} --time-limit {{resources.runtime}}"
             f" --log {{log}} --")
 
 
@@ -369,8 +376,9 @@ def maxbatch_previous(wildcards):
 # ---------------------------------------------------------------- what a failure record names
 
 
-def measured_config(wildcards, **extra):
+def measured_config(wildcards, extra=None):
     """The configuration of a measuring job as JSON, copied into its failure record."""
+    extra = extra or {}
     numbers = {"image_size", "batch_size"}
     fields = {k: int(v) if k in numbers else v for k, v in dict(wildcards).items()}
     return json.dumps({**fields, **extra, "device": config["device"], "dtype": config["dtype"],
@@ -379,17 +387,21 @@ def measured_config(wildcards, **extra):
 
 def bench_record(wildcards):
     sweep = SWEEPS[wildcards.sweep]
-    return measured_config(wildcards, num_classes=sweep["num_classes"], memory_budget=sweep.get("memory_budget"))
+    return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep.get("memory_budget")})
 
 
 def maxbatch_record(wildcards):
     sweep = SWEEPS[wildcards.sweep]
-    return measured_config(wildcards, num_classes=sweep["num_classes"], memory_budget=sweep["memory_budget"])
+    return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep["memory_budget"]})
 
 
 def train_record(wildcards):
-    return measured_config(wildcards, model=TRAIN_RUNS[wildcards.run]["model"],
-                           dataset=TRAIN_RUNS[wildcards.run]["dataset"])
+    return measured_config(wildcards, {"model": TRAIN_RUNS[wildcards.run]["model"],
+                                       "dataset": TRAIN_RUNS[wildcards.run]["dataset"]})
+
+
+def profile_record(wildcards):
+    return measured_config(wildcards)
 
 
 # ---------------------------------------------------------------- rerunning failures

@@ -19,9 +19,7 @@ checkpoint maxbatch:
     retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=grown("maxbatch", "runtime"),
-        mem_mb=grown("maxbatch", "mem_mb"),
-        attempt=this_attempt,
+        **attempt_resources("maxbatch"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:

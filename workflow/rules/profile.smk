@@ -12,15 +12,13 @@ rule profile:
     params:
         dpbench=DPBENCH,
         options=profile_options,
-        record=measured_config,
+        record=profile_record,
     group:
         profile_group
     retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=grown("bench", "runtime"),
-        mem_mb=grown("bench", "mem_mb"),
-        attempt=this_attempt,
+        **attempt_resources("bench"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:

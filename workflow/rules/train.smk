@@ -15,9 +15,7 @@ rule train:
     retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=grown("train", "runtime"),
-        mem_mb=grown("train", "mem_mb"),
-        attempt=this_attempt,
+        **attempt_resources("train"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:
