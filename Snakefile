@@ -23,6 +23,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/perf.smk"
+include: "workflow/rules/failures.smk"
 
 
 localrules:
@@ -30,6 +31,10 @@ localrules:
 
 
 FAILED_RESULTS = force_rerun_of_failures()
+
+
+onerror:
+    aggregate_after_failure()
 
 
 rule all:

@@ -194,3 +194,56 @@ def test_html_report_has_figures_and_tables(pipeline_run):
     for text in ["fig3_maxbatch_throughput.png", "throughput_memory.csv", "reproduction.md", "performance.md",
                  "Figure 3 of the paper, remeasured"]:
         assert text in html, text
+
+
+def _guard_of(result: str) -> int | None:
+    """The pid of the `dpbench guard` process that writes this result, once it runs."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "guard" in cmdline and result in cmdline:
+            return process.pid
+    return None
+
+
+@pytest.mark.slow
+def test_killed_job_still_gives_tables_and_reports(tmp_path):
+    """A measuring job killed from outside on its last attempt (SIGKILL: an out-of-memory kill, a node
+    lost) leaves no result; the run fails, but its `onerror` records the missing result as failed and
+    builds every table, figure and report from the rest, listing the killed configuration."""
+    import signal
+    import time
+
+    config = yaml.safe_load((REPO / ".test/config/pipeline.yaml").read_text())
+    config.update(maxbatch=[], profile=[], complexity=[], train=[], retries=0)
+    config["bench"][0].update(steps=400)  # seconds long: time to kill it
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "run"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+               "--cores", "2", "--configfile", str(path)]
+    victim = "results/bench/tiny/cnn/s16_b4/mixed_ghost.json"  # second in its group
+    with open(tmp_path / "log.txt", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        deadline, killed = time.monotonic() + 600, False
+        while not killed and time.monotonic() < deadline and process.poll() is None:
+            pid = _guard_of(victim)
+            if pid:
+                time.sleep(2)
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.3)
+        returncode = process.wait(timeout=900)
+    output = (tmp_path / "log.txt").read_text()
+    assert killed, output[-3000:]
+    assert returncode != 0 and "missing result(s) recorded as failed" in output, output[-3000:]
+    record = json.loads((work / victim).read_text())
+    assert record["status"] == "failed" and record["failure"]["kind"] == "killed"
+    throughput = pd.read_csv(work / "results/tables/throughput_memory.csv")
+    assert throughput["algorithm"].tolist() == ["nonprivate"]
+    for name in ["results/tables/failures.md", "results/tables/table4.md", "figures/fig4_memory_time_scatter.png",
+                 "paper/reproduction.md", "paper/performance.md"]:
+        assert (work / name).stat().st_size > 0, name
+    assert "killed" in (work / "results/tables/failures.md").read_text()
+    assert "cnn, 16², batch 4, Mixed ghost" in (work / "paper/reproduction.md").read_text()

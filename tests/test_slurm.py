@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "local-slurm"
 MARK = "# written by dpbench scripts/local-slurm/start.sh"
 SLURM_TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged")
+# (SLURM job id, group id + "_" + its rules, or rule name) of each submission in Snakemake's output
+SUBMITTED = r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: \S*/(?:group|rule)_([\w.]+?)/"
 
 
 def _cannot_run() -> str | None:
@@ -63,9 +65,8 @@ def test_pipeline_runs_through_slurm(cluster, tmp_path):
 
     # The comparison group (both algorithms) was one sbatch submission; the complexity table, CPU only,
     # ran where Snakemake runs ...
-    submitted = dict(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/(?:group|rule)_([\w.]+?)/",
-                                output))
-    assert sorted(submitted.values()) == ["bench.slurm.cnn.s16.b4"], output[-3000:]
+    submitted = dict(re.findall(SUBMITTED, output))
+    assert sorted(submitted.values()) == ["bench.slurm.cnn.s16.b4_bench"], output[-3000:]
     # ... that SLURM ran to completion (finished jobs stay visible for MinJobAge = 300 s) ...
     queue = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], env=cluster,
                            capture_output=True, text=True, check=True).stdout
@@ -120,22 +121,23 @@ def test_faults_through_slurm(cluster, tmp_path):
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         process = subprocess.Popen(_snakemake_faults(work), cwd=REPO, env=cluster, stdout=out, stderr=subprocess.STDOUT)
-        cancelled = _cancel_when_running(cluster, "rule_bench.table4.cnn.s16.b8", process, timeout_s=600)
+        cancelled = _cancel_when_running(cluster, "rule_bench.table4.cnn.s16.b8_bench", process, timeout_s=600)
         returncode = process.wait(timeout=900)
     output = log.read_text()
     assert returncode == 0, f"snakemake --profile slurm failed ({returncode}):\n{output[-6000:]}"
     assert cancelled is not None, "the table4 batch-8 group job was never seen running"
 
     # One SLURM job per comparison group (the complexity tables ran locally) ...
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/(group|rule)_([\w.]+?)/", output)
-    names = sorted(name for _, _, name in submitted)
-    assert names == sorted(["bench.table4.cnn.s16.b4", "bench.table4.cnn.s16.b8", "bench.table4.cnn.s16.b8",
-                            "bench.budget.cnn.s16.b4", "bench.crash.vgg11.s16.b4", "maxbatch.fig3.cnn.s16",
-                            "at_max.fig3.cnn.s16"]), output[-4000:]
+    submitted = re.findall(SUBMITTED, output)
+    names = sorted(name for _, name in submitted)
+    assert names == sorted(["bench.table4.cnn.s16.b4_bench", "bench.table4.cnn.s16.b8_bench",
+                            "bench.table4.cnn.s16.b8_bench", "bench.budget.cnn.s16.b4_bench",
+                            "bench.crash.vgg11.s16.b4_bench", "maxbatch.fig3.cnn.s16_maxbatch",
+                            "at_max.fig3.cnn.s16_bench"]), output[-4000:]
     # ... the cancelled one was cancelled, then retried with twice the runtime, and completed.
     states = {j["id"]: j["state"] for j in _squeue(cluster)}
     assert states[cancelled] == "CANCELLED", states
-    retried = [jid for jid, _, name in submitted if name == "bench.table4.cnn.s16.b8" and jid != cancelled]
+    retried = [jid for jid, name in submitted if name == "bench.table4.cnn.s16.b8_bench" and jid != cancelled]
     assert len(retried) == 1 and states[retried[0]] == "COMPLETED", states
     details = subprocess.run(["scontrol", "show", "job", retried[0]], env=cluster, capture_output=True, text=True,
                              check=True).stdout
@@ -162,5 +164,5 @@ def test_faults_through_slurm(cluster, tmp_path):
     again = subprocess.run(_snakemake_faults(work), cwd=REPO, env=cluster, capture_output=True, text=True)
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-6000:]
-    rerun = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: \S*/(?:group|rule)_([\w.]+?)/", output)
-    assert rerun == ["bench.crash.vgg11.s16.b4"], output[-4000:]
+    rerun = [name for _, name in re.findall(SUBMITTED, output)]
+    assert rerun == ["bench.crash.vgg11.s16.b4_bench"], output[-4000:]

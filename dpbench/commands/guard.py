@@ -9,7 +9,8 @@ non-zero so that the workflow retries it with more time and memory; on the last 
 deterministic user error (exit 2), it writes a failure record (dpbench.failures) to --out, atomically,
 and exits 0, so that the tables and reports are built and name it. Killed from outside (SIGTERM from
 scancel, a time limit or pre-emption): the child is stopped and nothing is written; the workflow
-retries the job or reports the result missing.
+retries the job or records the result missing (workflow/rules/failures.smk). The child dies with the
+guard (SIGKILL on the guard's death), so a killed guard leaves no measurement running.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dpbench.errors import DpbenchError
 from dpbench.measure.cli_args import one_line_errors, positive_int
+from dpbench.measure.runner import die_with_parent
 
 USER_ERROR_EXIT = 2  # the dpbench command line's exit code for bad input: retrying cannot help
 KILL_GRACE_S = 10
@@ -106,7 +107,7 @@ def _run_child(command: list[str], time_limit_min: float | None):
     """Run command with its output passed through; returns (exit code, timed out, terminated from
     outside, last non-empty output line)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", bufsize=1, start_new_session=True)
+                               errors="replace", bufsize=1, preexec_fn=die_with_parent)
     tail: collections.deque[str] = collections.deque(maxlen=1)
     terminated = threading.Event()
 
@@ -139,12 +140,10 @@ def _run_child(command: list[str], time_limit_min: float | None):
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the child's process group, SIGKILL after a grace period."""
+    """SIGTERM to the child, SIGKILL after a grace period (its own measuring process dies with it)."""
+    process.terminate()
     try:
-        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=KILL_GRACE_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
+        process.kill()
         process.wait()

@@ -70,7 +70,7 @@ rule reproduction_report:
         "logs/reproduction_report.log",
     params:
         dpbench=DPBENCH,
-        tables=table_options(),
+        tables=table_options(failures=True),
         dp_algorithm=config["report"]["dp_algorithm"],
     threads: 1
     resources:

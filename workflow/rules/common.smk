@@ -277,9 +277,11 @@ def table_path(name, ext):
 
 
 def table_names():
-    """Every CSV table of this config (complexity_layers has no Markdown version: it is long)."""
+    """Every CSV table of this config (complexity_layers has no Markdown version: it is long); failures
+    lists the configurations left with a failure record, whenever anything is measured."""
     names = [n for stage in active_stages() for n in TABLE_NAMES[stage]]
-    return names + (["complexity_layers"] if config["complexity"] else [])
+    measured = any(config[stage] for stage in ("bench", "maxbatch", "train"))
+    return names + (["complexity_layers"] if config["complexity"] else []) + (["failures"] if measured else [])
 
 
 def table_files(ext):
@@ -302,12 +304,14 @@ def figure_files(ext):
     return [f"{FIGURES}/{n}.{ext}" for stage in active_stages() for n in FIGURE_NAMES[stage]]
 
 
-def table_options():
-    """The `--<table> FILE` options of the figures and report commands: the tables this config produces."""
+def table_options(failures=False):
+    """The `--<table> FILE` options of the figures and report commands: the tables this config produces
+    (with failures: also the failed configurations, for the report)."""
     stage_of = {"throughput_memory": "bench", "maxbatch": "maxbatch", "accuracy": "train",
                 "complexity_layers": "complexity"}
-    return " ".join(f"--{name.replace('_', '-')} {table_path(name, 'csv')}"
-                    for name, stage in stage_of.items() if config[stage])
+    names = [name for name, stage in stage_of.items() if config[stage]]
+    names += ["failures"] if failures and "failures" in table_names() else []
+    return " ".join(f"--{name.replace('_', '-')} {table_path(name, 'csv')}" for name in names)
 
 
 # ---------------------------------------------------------------- comparison groups
