@@ -30,15 +30,13 @@ localrules:
     all,
 
 
-FAILED_RESULTS = force_rerun_of_failures()
-
-
 onerror:
     aggregate_after_failure()
 
 
 rule all:
     input:
+        force_rerun_of_failures,
         table_files("csv"),
         table_files("md"),
         figure_files("png"),

@@ -183,6 +183,20 @@ def test_pipeline_end_to_end(pipeline_run):
     # results are the only state: a second run has nothing to do
     again = snakemake("--cores", "2", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a failure record where a result was: the same command would redo exactly that one (and the reports)
+    result = work / "results/bench/tiny/cnn/s16_b4/mixed_ghost.json"
+    measured = result.read_text()
+    record = {"kind": "bench", "status": "failed", "config": json.loads(measured)["config"],
+              "failure": {"kind": "crash", "reason": "exited with code 1", "last_error_line": "boom"}}
+    result.write_text(json.dumps(record))
+    try:
+        planned = snakemake("-n", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
+    finally:
+        result.write_text(measured)
+    output = planned.stdout + planned.stderr
+    assert job_counts(output) == {"bench": 1, "tables": 1, "figures": 1, "reproduction_report": 1,
+                                  "perf_report": 1, "all": 1}, output[-3000:]
+    assert "Forced execution" in output
 
 
 @pytest.mark.slow

@@ -411,14 +411,14 @@ def profile_record(wildcards):
 # ---------------------------------------------------------------- rerunning failures
 
 
-def force_rerun_of_failures():
-    """Every result of this config that is a failure record is rerun, as with `-R FILE`: the next
-    invocation of the same command redoes exactly the failed configurations (and the missing ones,
-    which Snakemake redoes anyway). Only in the main Snakemake process, not inside a cluster job."""
-    if not workflow.is_main_process or workflow.dag_settings is None:
-        return []
-    candidates = bench_files() + maxbatch_files() + train_files() + profile_files() + at_max_files_so_far()
-    failed = [path for path in candidates if is_failure_file(path)]
-    if failed:
-        workflow.dag_settings.forcerun = frozenset(workflow.dag_settings.forcerun) | set(failed)
-    return failed
+def force_rerun_of_failures(wildcards=None):
+    """Every result of this config that is a failure record is rerun, as with `-R FILE`, so that the
+    next invocation of the same command redoes exactly the failed configurations (and the missing ones,
+    which Snakemake redoes anyway). An input function of rules all and tables that adds no input: it
+    runs while Snakemake builds its DAG, whose forced files it extends (the command line's -R is not
+    known yet when the Snakefile is read). Only in the main Snakemake process, not inside a cluster job."""
+    dag = workflow.dag
+    if workflow.is_main_process and dag is not None:
+        candidates = bench_files() + maxbatch_files() + train_files() + profile_files() + at_max_files_so_far()
+        dag.forcefiles.update(path for path in candidates if is_failure_file(path))
+    return []
