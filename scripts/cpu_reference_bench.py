@@ -32,6 +32,7 @@ import pandas as pd
 
 from dpbench.cli import main as dpbench_main
 from dpbench.clipping import ALGORITHMS
+from dpbench.report.ratios import ratio_to
 from dpbench.results import environment, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,13 +156,11 @@ def summarise(raw: pd.DataFrame, algorithms: list[str]) -> pd.DataFrame:
 
 def _round_ratios(group: pd.DataFrame, algorithm: str) -> dict:
     """Ratios to the nonprivate run of the same round; median over rounds, and their range."""
-    ok = group[group["status"] == "ok"].set_index(["round", "algorithm"])
+    ok = group[group["status"] == "ok"]
     out = {}
     for name, column in (("throughput_ratio", "throughput_img_s"), ("cpu_throughput_ratio", "cpu_throughput_img_s"),
                          ("memory_ratio", "peak_memory_bytes")):
-        per_round = [ok.loc[(r, algorithm), column] / ok.loc[(r, "nonprivate"), column]
-                     for r in sorted(group["round"].dropna().unique())
-                     if (r, algorithm) in ok.index and (r, "nonprivate") in ok.index]
+        per_round = ratio_to(ok, column, ["round"])[ok["algorithm"] == algorithm].dropna().tolist()
         out[name] = statistics.median(per_round)
         out[f"{name}_min"], out[f"{name}_max"] = min(per_round), max(per_round)
     return out

@@ -35,7 +35,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -52,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from dpbench.clipping import ALGORITHMS  # noqa: E402
 from dpbench.measure.cli_args import positive_int  # noqa: E402
-from dpbench.report.performance import RATIO_COLUMNS  # noqa: E402  (what perf-report --ratios reads)
+from dpbench.report.load import RATIO_COLUMNS  # noqa: E402  (what perf-report --ratios reads)
+from dpbench.report.ratios import ratio_to  # noqa: E402
 from dpbench.results import environment, write_text_atomic  # noqa: E402
 
 PARTS = [".venv/bin/python scripts/perf_before_after.py --batch-sizes 32  # opacus and opacus_ghost rows",
@@ -250,27 +250,26 @@ def paired_ratios(ok: pd.DataFrame, engine: str = "after") -> pd.DataFrame:
     ratios, their range, how many); a configuration without such pairs (measured in another part than
     nonprivate) falls back to median ÷ median, marked 'unpaired'."""
     ok = ok[ok["engine"] == engine]
-    keys = ["model", "batch_size", "invocation", "round"]
-    base = ok[ok["algorithm"] == "nonprivate"].set_index(keys)["img_per_cpu_s"]
-    paired = ok.join(base.rename("nonprivate_img_per_cpu_s"), on=keys)
-    paired["ratio"] = paired["img_per_cpu_s"] / paired["nonprivate_img_per_cpu_s"]
+    paired = ok.assign(ratio=ratio_to(ok, "img_per_cpu_s", ["model", "batch_size", "invocation", "round"]))
     config = ["model", "batch_size", "jobs"]
-    medians = ok.groupby(config + ["algorithm"])[["img_per_cpu_s", "step_memory_bytes"]].median()
+    medians = ok.groupby(config + ["algorithm"])[["img_per_cpu_s", "step_memory_bytes"]].median().reset_index()
+    medians = medians.assign(throughput_ratio=ratio_to(medians, "img_per_cpu_s", config),
+                             memory_ratio=ratio_to(medians, "step_memory_bytes", config))
+    medians = medians.set_index(config + ["algorithm"])
     rows = []
     for (model, batch, jobs, algorithm), g in paired.groupby(config + ["algorithm"]):
         if (model, batch, jobs, "nonprivate") not in medians.index:
             continue
-        base_median = medians.loc[(model, batch, jobs, "nonprivate")]
         mine = medians.loc[(model, batch, jobs, algorithm)]
         ratios = g["ratio"].dropna()
         row = {"model": model, "batch_size": batch, "jobs": jobs, "algorithm": algorithm,
-               "memory_ratio": mine["step_memory_bytes"] / base_median["step_memory_bytes"]}
+               "memory_ratio": mine["memory_ratio"]}
         if len(ratios):
             row.update(throughput_ratio=ratios.median(), ratio_min=ratios.min(), ratio_max=ratios.max(),
                        paired=True, rounds=len(ratios))
         else:
-            row.update(throughput_ratio=mine["img_per_cpu_s"] / base_median["img_per_cpu_s"], ratio_min=None,
-                       ratio_max=None, paired=False, rounds=len(g))
+            row.update(throughput_ratio=mine["throughput_ratio"], ratio_min=None, ratio_max=None, paired=False,
+                       rounds=len(g))
         rows.append(row)
     if not rows:  # no part measured nonprivate: nothing to divide by
         return pd.DataFrame(columns=RATIO_COLUMNS)

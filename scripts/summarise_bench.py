@@ -7,26 +7,24 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dpbench.report.load import bench_frame  # noqa: E402
+from dpbench.report.ratios import ratio_to  # noqa: E402
+
 
 def main(folder: str, prefix: str) -> None:
-    rows, raw = [], []
-    for path in sorted(Path(folder).glob("*.json")):
-        r = json.loads(path.read_text())
-        raw.append(r)
-        c = r["config"]
-        rows.append({"model": c["model"], "image_size": c["image_size"], "batch": c["batch_size"],
-                     "algorithm": c["algorithm"], "oom": r["oom"],
-                     "img_s": (r.get("throughput_img_s") or {}).get("median"),
-                     "peak_mib": (r.get("peak_memory_bytes") or 0) / 2**20 or None,
-                     "device": r["environment"]["device_name"]})
-    df = pd.DataFrame(rows)
-    base = df[df.algorithm == "nonprivate"].set_index(["model", "image_size", "batch"])
-    key = list(zip(df.model, df.image_size, df.batch))
-    df["speed_vs_nonprivate"] = [r / base.img_s.get(k, float("nan")) if r else None for r, k in zip(df.img_s, key)]
-    df["memory_vs_nonprivate"] = [m / base.peak_mib.get(k, float("nan")) if m else None for m, k in zip(df.peak_mib, key)]
+    paths = sorted(Path(folder).glob("*.json"))
+    bench = bench_frame(paths)
+    df = pd.DataFrame({"model": bench["model"], "image_size": bench["image_size"], "batch": bench["batch_size"],
+                       "algorithm": bench["algorithm"], "oom": bench["oom"], "img_s": bench["throughput_img_s"],
+                       "peak_mib": [(m or 0) / 2**20 or None for m in bench["peak_memory_bytes"]],
+                       "device": [env["device_name"] for env in bench["environment"]]})
+    df["speed_vs_nonprivate"] = ratio_to(df, "img_s", ["model", "image_size", "batch"])
+    df["memory_vs_nonprivate"] = ratio_to(df, "peak_mib", ["model", "image_size", "batch"])
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(f"{prefix}.csv", index=False)
-    Path(f"{prefix}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw))
+    Path(f"{prefix}.jsonl").write_text("".join(json.dumps(json.loads(p.read_text())) + "\n" for p in paths))
     print(df.to_markdown(index=False, floatfmt=".3g"))
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dpbench.cli import main
-from dpbench.report import performance
+from dpbench.report import load, ratios, targets
 
 CPU_ENV = {"device": "cpu", "device_name": "x86_64", "threads": 1, "git_commit": "0123456789abcdef0123", "torch": "2.x"}
 CUDA_ENV = {"device": "cuda:0", "device_name": "NVIDIA H200", "threads": 8, "git_commit": "fedcba9876543210", "torch": "2.x"}
@@ -63,7 +63,7 @@ def cpu_bench(tmp_path):
 
 
 def test_ratios_use_cpu_time_and_step_memory(cpu_bench):
-    table = performance.ratios(performance.bench_frame(cpu_bench)).set_index("algorithm")
+    table = ratios.nonprivate_ratios(load.bench_frame(cpu_bench)).set_index("algorithm")
     assert table.loc["nonprivate", "throughput"] == pytest.approx(32.0)
     assert table.loc["mixed_ghost", "throughput_ratio"] == pytest.approx(0.8)
     assert table.loc["opacus", "throughput_ratio"] == pytest.approx(0.2)
@@ -73,7 +73,7 @@ def test_ratios_use_cpu_time_and_step_memory(cpu_bench):
 
 
 def test_targets_met_and_not_met(cpu_bench):
-    rows = pd.DataFrame(performance.target_rows(performance.ratios(performance.bench_frame(cpu_bench))))
+    rows = pd.DataFrame(targets.target_rows(ratios.nonprivate_ratios(load.bench_frame(cpu_bench))))
     verdict = dict(zip(rows["figure"], rows["verdict"]))
     assert verdict == {"Mixed ghost throughput ÷ non-private": "met",
                        "BK mixed throughput ÷ non-private": "not met",
@@ -85,9 +85,9 @@ def test_targets_met_and_not_met(cpu_bench):
 def test_missing_step_memory_falls_back_to_peak_and_says_so(tmp_path):
     paths = [bench_json(tmp_path, "nonprivate", step_mem=None, peak_mem=200e6),
              bench_json(tmp_path, "mixed_ghost", step_mem=None, peak_mem=300e6)]
-    table = performance.ratios(performance.bench_frame(paths)).set_index("algorithm")
+    table = ratios.nonprivate_ratios(load.bench_frame(paths)).set_index("algorithm")
     assert table.loc["mixed_ghost", "memory_ratio"] == pytest.approx(1.5) and set(table["memory_measure"]) == {"peak"}
-    figures = [r["figure"] for r in performance.target_rows(table.reset_index())]
+    figures = [r["figure"] for r in targets.target_rows(table.reset_index())]
     assert "Mixed ghost peak memory (no step memory) ÷ non-private" in figures
 
 
@@ -95,8 +95,8 @@ def test_cuda_uses_wall_time_and_oom_is_not_a_number(tmp_path):
     paths = [bench_json(tmp_path, "nonprivate", cpu_s=9.0, wall_s=0.5, env=CUDA_ENV),
              bench_json(tmp_path, "mixed_ghost", cpu_s=1.0, wall_s=1.0, env=CUDA_ENV),
              bench_json(tmp_path, "bk_mixed", oom=True, env=CUDA_ENV)]
-    table = performance.ratios(performance.bench_frame(paths))
-    rows = {r["figure"]: r for r in performance.target_rows(table)}
+    table = ratios.nonprivate_ratios(load.bench_frame(paths))
+    rows = {r["figure"]: r for r in targets.target_rows(table)}
     assert table.set_index("algorithm").loc["mixed_ghost", "throughput_ratio"] == pytest.approx(0.5)
     assert rows["BK mixed throughput ÷ non-private"]["measured"] == "OOM"
     assert rows["BK mixed throughput ÷ non-private"]["verdict"] == "not measured"
@@ -104,7 +104,7 @@ def test_cuda_uses_wall_time_and_oom_is_not_a_number(tmp_path):
 
 def test_configurations_without_nonprivate_have_no_ratios(tmp_path):
     paths = [bench_json(tmp_path, "mixed_ghost", batch=64), bench_json(tmp_path, "nonprivate", batch=32)]
-    table = performance.ratios(performance.bench_frame(paths))
+    table = ratios.nonprivate_ratios(load.bench_frame(paths))
     assert table["batch_size"].tolist() == [32]
 
 
@@ -117,11 +117,11 @@ def test_configurations_without_nonprivate_have_no_ratios(tmp_path):
     (512, 16, 2, 1, 512, 256.0, math.inf, "met"),
 ])
 def test_maxbatch_ratio_range_and_verdict(tmp_path, mixed, mixed_tol, opacus, opacus_tol, limit, low, high, verdict):
-    frame = performance.maxbatch_frame([maxbatch_json(tmp_path, "mixed_ghost", mixed, mixed_tol, limit),
+    frame = load.maxbatch_frame([maxbatch_json(tmp_path, "mixed_ghost", mixed, mixed_tol, limit),
                             maxbatch_json(tmp_path, "opacus", opacus, opacus_tol, limit)])
-    (found,) = performance.maxbatch_ratios(frame)
+    (found,) = ratios.maxbatch_ratios(frame, "vgg19")
     assert (found["low"], found["high"]) == (pytest.approx(low), pytest.approx(high))
-    assert performance.maxbatch_verdict(found["low"], found["high"]).startswith(verdict)
+    assert targets.maxbatch_verdict(found["low"], found["high"]).startswith(verdict)
 
 
 def test_report_without_before_after_csv(tmp_path, cpu_bench):

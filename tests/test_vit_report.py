@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from dpbench.cli import main
-from dpbench.report import performance
+from dpbench.report import load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_vit_report_renders_targets_before_and_after(tmp_path):
 
 
 def test_study_report_reads_only_the_after_rows_of_a_two_engine_csv(tmp_path):
-    frame = performance.read_alternating_ratios(ratios_csv(tmp_path / "r.csv"))
+    frame = load.read_after_ratios(ratios_csv(tmp_path / "r.csv"))
     assert set(frame["engine"]) == {"after"} and set(frame["status"]) == {"ok"} and len(frame) == 7
 
 
@@ -105,7 +105,7 @@ def test_runs_of_earlier_versions_keep_the_cnn_table_columns():
                        + runs("both", "after", "x", {"nonprivate": 1.0, "bk_mixed": 1.0}))
     raw = raw.drop(columns=["engines", "image_size", "command", "baseline"])
     ok = script.successful_runs(raw)
-    assert list(script.paired_ratios(ok).columns) == performance.RATIO_COLUMNS
+    assert list(script.paired_ratios(ok).columns) == load.RATIO_COLUMNS
     table = script.summarise(ok, "837c1d2", "abc1234")
     assert "paired" not in table and set(table["image_size"]) == {32}
     assert table.set_index("algorithm").loc["bk_mixed", "speedup"] == pytest.approx(2.0)

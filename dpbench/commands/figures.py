@@ -22,34 +22,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read(path: str):
-    import pandas as pd
-
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        raise DpbenchError(f"table not found: {path}") from None
-
-
 def run(args) -> int:
     from dpbench.report import figures
+    from dpbench.report.load import read_table
     from dpbench.report.style import ALGORITHM_ORDER
 
     if args.dp_algorithm not in ALGORITHM_ORDER:
         raise DpbenchError(f"unknown --dp-algorithm {args.dp_algorithm!r}; one of {', '.join(ALGORITHM_ORDER)}")
     drawings = []
     if args.throughput_memory:
-        table = _read(args.throughput_memory)
+        table = read_table(args.throughput_memory)
         drawings += [("fig4_memory_time_scatter", lambda t=table: figures.figure4(t, args.dp_algorithm)),
                      ("throughput_vs_batch", lambda t=table: figures.throughput_vs_batch(t))]
     if args.maxbatch:
-        table = _read(args.maxbatch)
+        table = read_table(args.maxbatch)
         drawings.append(("fig3_maxbatch_throughput", lambda t=table: figures.figure3(t)))
     if args.accuracy:
-        table = _read(args.accuracy)
+        table = read_table(args.accuracy)
         drawings.append(("accuracy_vs_epsilon", lambda t=table: figures.accuracy_vs_epsilon(t)))
     if args.complexity_layers:
-        table = _read(args.complexity_layers)
+        table = read_table(args.complexity_layers)
         drawings.append(("layerwise_choice", lambda t=table: figures.layerwise(t)))
     if not drawings:
         raise DpbenchError("no table given (--throughput-memory, --maxbatch, --accuracy or --complexity-layers)")

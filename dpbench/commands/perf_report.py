@@ -31,20 +31,20 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dpbench.report import performance
+    from dpbench.report import load, performance
     from dpbench.results import write_text_atomic
 
     if args.layout == "vit":
         return run_vit(args)
     if not (args.bench or args.maxbatch or args.profile):
         raise DpbenchError("no result files given (--bench, --maxbatch or --profile)")
-    bench = performance.bench_frame(args.bench)
-    maxbatch = performance.maxbatch_frame(args.maxbatch)
-    profiles = performance.profile_results(args.profile)
-    before_after = performance.read_before_after(args.before_after)
-    alternating = performance.read_alternating_ratios(args.ratios)
+    bench = load.bench_frame(args.bench)
+    maxbatch = load.maxbatch_frame(args.maxbatch)
+    profiles = load.profile_results(args.profile)
+    before_after = load.read_before_after(args.before_after)
+    alternating = load.read_after_ratios(args.ratios)
     environments = (list(bench["environment"]) + [p["environment"] for p in profiles]
-                    + [performance.maxbatch_environment(path) for path in args.maxbatch])
+                    + [load.maxbatch_environment(path) for path in args.maxbatch])
     text = performance.render(bench, maxbatch, profiles, before_after, environments,
                               [*args.bench, *args.maxbatch, *args.profile], alternating)
     write_text_atomic(args.out, text)
@@ -56,7 +56,7 @@ def run(args) -> int:
 def run_vit(args) -> int:
     from pathlib import Path
 
-    from dpbench.report import performance, vit_performance
+    from dpbench.report import load, ratios, vit_performance
     from dpbench.results import write_text_atomic
 
     if args.cost_model and args.layout != "vit":
@@ -69,10 +69,10 @@ def run_vit(args) -> int:
     def name(path):  # as the report names a committed CSV: its folder and file (paper/vit_ratios.csv)
         return "/".join(Path(path).parts[-2:]) if path else "—"
 
-    text = vit_performance.render(vit_performance.read_ratios(args.ratios),
-                                  performance.read_before_after(args.before_after),
-                                  performance.profile_results(args.profile), name(args.ratios), name(args.before_after),
-                                  vit_performance.cost_model_bounds(args.cost_model))
+    bounds = ratios.cost_model_bounds(load.complexity_frame(args.cost_model)) if args.cost_model else {}
+    text = vit_performance.render(load.read_ratio_table(args.ratios), load.read_before_after(args.before_after),
+                                  load.profile_results(args.profile), name(args.ratios), name(args.before_after),
+                                  bounds)
     write_text_atomic(args.out, text)
     print(f"dpbench perf-report: wrote {args.out}")
     return 0

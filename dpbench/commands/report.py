@@ -24,30 +24,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read(path: str | None):
-    import pandas as pd
-
-    if path is None:
-        return None
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        raise DpbenchError(f"table not found: {path}") from None
-
-
 def run(args) -> int:
+    from dpbench.report.load import read_table
     from dpbench.report.reproduction import Ours, render
     from dpbench.report.style import ALGORITHM_ORDER
     from dpbench.results import write_text_atomic
 
     if args.dp_algorithm not in ALGORITHM_ORDER:
         raise DpbenchError(f"unknown --dp-algorithm {args.dp_algorithm!r}; one of {', '.join(ALGORITHM_ORDER)}")
-    reported = _read(args.reported)
+    reported = read_table(args.reported)
     missing = REPORTED_COLUMNS - set(reported.columns)
     if missing:
         raise DpbenchError(f"{args.reported} lacks the columns {', '.join(sorted(missing))}")
-    ours = Ours(_read(args.throughput_memory), _read(args.maxbatch), _read(args.accuracy),
-                _read(args.complexity_layers), failures=_read(args.failures))
+    ours = Ours(read_table(args.throughput_memory), read_table(args.maxbatch), read_table(args.accuracy),
+                read_table(args.complexity_layers), failures=read_table(args.failures))
     write_text_atomic(args.out, render(reported, ours, args.dp_algorithm))
     print(f"dpbench report: wrote {args.out}")
     return 0

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
 from dpbench.report.style import CHOICE_COLOURS, algorithm_label, ordered_algorithms, palette  # noqa: E402
-from dpbench.report.tables import CONFIG_KEYS  # noqa: E402
+from dpbench.report.ratios import CONFIGURATION  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
 
@@ -113,7 +113,7 @@ def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
     (lines 1.5× and 2.0×), one point per configuration measured with both."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
     ok = throughput[~throughput["oom"].astype(bool) & throughput["throughput_img_s"].notna()]
-    pairs = ok[ok["algorithm"] == "nonprivate"].merge(ok[ok["algorithm"] == dp_algorithm], on=CONFIG_KEYS,
+    pairs = ok[ok["algorithm"] == "nonprivate"].merge(ok[ok["algorithm"] == dp_algorithm], on=CONFIGURATION,
                                                       suffixes=("_np", "_dp"))
     label = algorithm_label(dp_algorithm)
     if pairs.empty:

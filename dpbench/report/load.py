@@ -1,8 +1,10 @@
-"""Result files (one JSON per job, one CSV per complexity table) as tidy pandas data frames."""
+"""Reading: result files (one JSON per job, one CSV per complexity table) and the committed CSVs of the
+scripts (paper/), as tidy pandas data frames. Every report and script reads its inputs here."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -40,11 +42,18 @@ def _stat(block: dict | None, key: str) -> float | None:
 
 
 def bench_frame(paths) -> pd.DataFrame:
-    """One row per bench result: configuration, step time, throughput, peak memory, device."""
+    """One row per bench result: configuration, step time, throughput, memory, device.
+
+    Two throughputs: `throughput_img_s` is `dpbench bench`'s (wall time); `step_throughput` is batch /
+    median step time by the clock that other work on the machine does not distort: CPU time on a CPU,
+    wall time on CUDA (NaN when out of memory). `environment` is the result's record, `path` its file."""
     rows = []
     for path in paths:
         r = read_result(path, "bench")
-        c = r["config"]
+        c, env = r["config"], r["environment"]
+        cuda = str(env.get("device", c.get("device"))).startswith("cuda")
+        timing = None if r["oom"] else (r.get("step_time_s") if cuda else r.get("step_cpu_time_s"))
+        seconds = timing["median"] if timing else None
         rows.append({
             "model": c["model"], "image_size": c["image_size"], "batch_size": c["batch_size"],
             "algorithm": c["algorithm"], "num_classes": c.get("num_classes"), "dtype": c.get("dtype"),
@@ -53,22 +62,33 @@ def bench_frame(paths) -> pd.DataFrame:
             "throughput_q25": _stat(r.get("throughput_img_s"), "q25"),
             "throughput_q75": _stat(r.get("throughput_img_s"), "q75"),
             "step_time_s": _stat(r.get("step_time_s"), "median"),
-            "peak_memory_bytes": r.get("peak_memory_bytes"),
+            "step_throughput": c["batch_size"] / seconds if seconds else math.nan,
+            "peak_memory_bytes": r.get("peak_memory_bytes"), "step_memory_bytes": r.get("step_memory_bytes"),
             "memory_method": r.get("memory_method"),
             "steps": c.get("steps"), "warmup": c.get("warmup"),
-            "device": device_label(r["environment"]),
-            "git_commit": r["environment"].get("git_commit"),
+            "device": device_label(env), "cuda": cuda,
+            "git_commit": env.get("git_commit"), "environment": env, "path": str(path),
         })
     return pd.DataFrame(rows, columns=BENCH_COLUMNS)
 
 
 BENCH_COLUMNS = ["model", "image_size", "batch_size", "algorithm", "num_classes", "dtype", "oom", "error",
-                 "throughput_img_s", "throughput_q25", "throughput_q75", "step_time_s", "peak_memory_bytes",
-                 "memory_method", "steps", "warmup", "device", "git_commit"]
+                 "throughput_img_s", "throughput_q25", "throughput_q75", "step_time_s", "step_throughput",
+                 "peak_memory_bytes", "step_memory_bytes", "memory_method", "steps", "warmup", "device", "cuda",
+                 "git_commit", "environment", "path"]
+
+
+def maxbatch_environment(path: str | Path) -> dict:
+    """A maxbatch result's environment with the threads its probes ran with (results of older versions
+    recorded the searching process's, whose torch may keep its default)."""
+    result = read_result(path, "maxbatch")
+    threads = result["config"].get("threads")
+    return result["environment"] | ({"threads": threads} if threads else {})
 
 
 def maxbatch_frame(paths) -> pd.DataFrame:
-    """One row per maxbatch result: the largest batch size and the peak memory of that probe."""
+    """One row per maxbatch result: the largest batch size and the peak memory of that probe; the
+    device labelled with the threads of the probes."""
     rows = []
     for path in paths:
         r = read_result(path, "maxbatch")
@@ -80,7 +100,7 @@ def maxbatch_frame(paths) -> pd.DataFrame:
             "memory_budget_bytes": c.get("memory_budget_bytes"),
             "peak_memory_bytes_at_max": fits[0]["peak_memory_bytes"] if fits else None,
             "probes": len(r["probes"]), "tolerance": c.get("tolerance"), "limit": c.get("limit"),
-            "device": device_label(r["environment"]),
+            "device": device_label(maxbatch_environment(path)),
         })
     return pd.DataFrame(rows, columns=MAXBATCH_COLUMNS)
 
@@ -122,3 +142,67 @@ def complexity_frame(paths) -> pd.DataFrame:
     if not frames:
         raise DpbenchError("no complexity table given")
     return pd.concat(frames, ignore_index=True)
+
+
+def profile_results(paths) -> list[dict]:
+    """The `kind: profile` results."""
+    return [read_result(path, "profile") for path in paths]
+
+
+def read_table(path: str | Path | None) -> pd.DataFrame | None:
+    """A result table (CSV) written by `dpbench tables` (None without a path); one clear error when it
+    is missing."""
+    if path is None:
+        return None
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise DpbenchError(f"table not found: {path}") from None
+
+
+def read_committed_csv(path: str | Path | None, columns: list[str], what: str) -> pd.DataFrame | None:
+    """A committed CSV with at least `columns`; None without a path, one clear error otherwise."""
+    if path is None:
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DpbenchError(f"{what} not found: {path}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DpbenchError(f"{path} is not a readable CSV: {error}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DpbenchError(f"{path} lacks the columns {', '.join(missing)}")
+    return frame
+
+
+BEFORE_AFTER_COLUMNS = ["model", "image_size", "batch_size", "algorithm", "before_img_per_cpu_s",
+                        "after_img_per_cpu_s", "speedup", "before_step_memory_bytes", "after_step_memory_bytes",
+                        "before_commit", "after_commit"]
+
+
+def read_before_after(path: str | Path | None) -> pd.DataFrame | None:
+    """The committed before/after table of scripts/perf_before_after.py (None when no path is given)."""
+    return read_committed_csv(path, BEFORE_AFTER_COLUMNS, "before/after table")
+
+
+RATIO_COLUMNS = ["model", "batch_size", "jobs", "algorithm", "memory_ratio", "throughput_ratio", "ratio_min",
+                 "ratio_max", "paired", "rounds"]
+
+
+def read_ratio_table(path: str | Path | None) -> pd.DataFrame | None:
+    """The committed ratios to non-private over alternating runs of scripts/perf_before_after.py (None
+    when no path is given). A table without `engine` holds the working tree's ("after") only, one
+    without `status` only runs that measured; both columns, and `image_size` (NaN), are filled in."""
+    frame = read_committed_csv(path, RATIO_COLUMNS, "ratios table")
+    if frame is None:
+        return None
+    defaults = {"engine": "after", "status": "ok", "image_size": math.nan}
+    frame = frame.assign(**{c: v for c, v in defaults.items() if c not in frame.columns})
+    return frame.assign(status=frame["status"].fillna("ok"))
+
+
+def read_after_ratios(path: str | Path | None) -> pd.DataFrame | None:
+    """The rows of read_ratio_table that measured the working tree's engine ("after")."""
+    frame = read_ratio_table(path)
+    return None if frame is None else frame[(frame["engine"] == "after") & (frame["status"] == "ok")]

@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 
+from dpbench.report.ratios import ratio_to
 from dpbench.report.style import algorithm_label
 
 MB_PER_GB = 1000.0
@@ -58,6 +59,8 @@ class Ours:
         self.layers = layers if layers is not None else pd.DataFrame(
             columns=["model", "image_size", "layer", "type", "ghost_space", "instantiate_space", "choice"])
         self.epoch_images = epoch_images
+        self.maxbatch = self.maxbatch.assign(throughput_at_max_vs_nonprivate=ratio_to(
+            self.maxbatch, "throughput_at_max_img_s", ["device", "model", "image_size", "memory_budget_gb"]))
 
     def devices(self) -> list[str]:
         frames = [self.throughput, self.maxbatch, self.accuracy]
@@ -96,15 +99,15 @@ class Ours:
 
 
 def _slowdown(ours: Ours, model, size, batch, algorithm):
-    time, _, _ = ours.epoch_time_and_memory(model, size, batch, algorithm)
-    base, _, _ = ours.epoch_time_and_memory(model, size, batch, "nonprivate")
-    return _ratio(time, base)
+    """Time per epoch ÷ non-private's: 1 ÷ the throughput ratio of the bench table."""
+    row = ours.bench_row(model, size, batch, algorithm)
+    return math.nan if row is None else _ratio(1.0, row["throughput_vs_nonprivate"])
 
 
 def _memory_ratio(ours: Ours, model, size, batch, algorithm):
-    _, mem, _ = ours.epoch_time_and_memory(model, size, batch, algorithm)
-    _, base, _ = ours.epoch_time_and_memory(model, size, batch, "nonprivate")
-    return _ratio(mem, base)
+    """Peak memory ÷ non-private's, from the bench table."""
+    row = ours.bench_row(model, size, batch, algorithm)
+    return math.nan if row is None else float(row["memory_vs_nonprivate"])
 
 
 def _paper_lookup(reported: pd.DataFrame, **where) -> float | str | None:
@@ -155,7 +158,6 @@ def section_figure3(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
         p_thr_np = _paper_lookup(paper, model=model, algorithm="nonprivate", quantity="throughput_at_max_batch")
         row = ours.maxbatch_row(model, size, algorithm)
         opacus = ours.maxbatch_row(model, size, "opacus")
-        nonprivate = ours.maxbatch_row(model, size, "nonprivate")
         o_max = None if row is None else row["max_batch_size"]
         o_thr = None if row is None else row["throughput_at_max_img_s"]
         found += (o_max is not None) + (o_thr is not None and not pd.isna(o_thr))
@@ -166,7 +168,7 @@ def section_figure3(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "our ratio to Opacus": _num(_ratio(o_max, None if opacus is None else opacus["max_batch_size"])),
             "paper img/s at max": _num(p_thr), "our img/s at max": _num(o_thr), "img/s ours/paper": _num(_ratio(o_thr, p_thr)),
             "paper throughput / non-private": _num(_ratio(p_thr, p_thr_np)),
-            "ours / non-private": _num(_ratio(o_thr, None if nonprivate is None else nonprivate["throughput_at_max_img_s"])),
+            "ours / non-private": _num(None if row is None else row["throughput_at_max_vs_nonprivate"]),
             "our budget GB": _num(None if row is None else row["memory_budget_gb"]),
             "our device": "—" if row is None else row["device"],
         })
@@ -284,7 +286,6 @@ def section_bk(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
     for _, p in paper.iterrows():
         size = int(p["image_size"])
         row = ours.maxbatch_row(p["model"], size, p["algorithm"])
-        np_row = ours.maxbatch_row(p["model"], size, "nonprivate")
         p_np = _paper_lookup(paper, model=p["model"], image_size=p["image_size"], algorithm="nonprivate")
         o_thr = None if row is None or pd.isna(row["throughput_at_max_img_s"]) else row["throughput_at_max_img_s"]
         found += o_thr is not None
@@ -293,7 +294,7 @@ def section_bk(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "paper img/s": _num(float(p["value"])), "ours img/s": _num(o_thr),
             "ours/paper": _num(_ratio(o_thr, p["value"])),
             "paper / non-private": _num(_ratio(p["value"], p_np)),
-            "ours / non-private": _num(_ratio(o_thr, None if np_row is None else np_row["throughput_at_max_img_s"])),
+            "ours / non-private": _num(None if row is None else row["throughput_at_max_vs_nonprivate"]),
             "our device": "—" if row is None else row["device"],
         })
     text = ("## Book-keeping follow-up (Bu et al., ICML 2023): maximum throughput\n\n"

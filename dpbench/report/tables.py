@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpbench.report.ratios import CONFIGURATION, ratio_to
 from dpbench.report.style import algorithm_label, algorithm_rank, ordered_algorithms
 from dpbench.results import write_text_atomic
 
 GB = 1e9
 MB = 1e6
-CONFIG_KEYS = ["device", "model", "image_size", "batch_size"]
 
 
 def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -35,21 +35,13 @@ def _sort(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return order.drop(columns=[c for c in ("_algorithm", "_model") if c in order]).reset_index(drop=True)
 
 
-def _ratio_to(frame: pd.DataFrame, group: list[str], column: str, reference: str) -> pd.Series:
-    """column / column of the reference algorithm in the same group (NaN where the reference is missing)."""
-    ref = frame[frame["algorithm"] == reference].drop_duplicates(group).set_index(group)[column]
-    keys = pd.MultiIndex.from_frame(frame[group])
-    ref_values = ref.reindex(keys).to_numpy(dtype=float)
-    return pd.Series(frame[column].to_numpy(dtype=float) / ref_values, index=frame.index)
-
-
 def throughput_memory(bench: pd.DataFrame) -> pd.DataFrame:
     """Throughput and peak memory per (model, image size, batch size, algorithm), with the ratios of
     each to non-private training of the same configuration on the same device."""
     frame = bench.copy()
     frame["peak_memory_mb"] = frame["peak_memory_bytes"] / MB
-    frame["throughput_vs_nonprivate"] = _ratio_to(frame, CONFIG_KEYS, "throughput_img_s", "nonprivate")
-    frame["memory_vs_nonprivate"] = _ratio_to(frame, CONFIG_KEYS, "peak_memory_bytes", "nonprivate")
+    frame["throughput_vs_nonprivate"] = ratio_to(frame, "throughput_img_s", CONFIGURATION)
+    frame["memory_vs_nonprivate"] = ratio_to(frame, "peak_memory_bytes", CONFIGURATION)
     columns = ["model", "image_size", "batch_size", "algorithm", "throughput_img_s", "throughput_q25",
                "throughput_q75", "throughput_vs_nonprivate", "step_time_s", "peak_memory_mb",
                "memory_vs_nonprivate", "memory_method", "oom", "error", "steps", "warmup", "dtype", "device"]
@@ -97,8 +89,8 @@ def maxbatch(maxbatch_results: pd.DataFrame, bench_at_max: pd.DataFrame) -> pd.D
     frame = maxbatch_results.copy()
     group = ["device", "model", "image_size", "memory_budget_bytes"]
     keyed = frame.assign(memory_budget_bytes=frame["memory_budget_bytes"].fillna(-1))
-    frame["ratio_to_opacus"] = _ratio_to(keyed, group, "max_batch_size", "opacus")
-    frame["ratio_to_nonprivate"] = _ratio_to(keyed, group, "max_batch_size", "nonprivate")
+    frame["ratio_to_opacus"] = ratio_to(keyed, "max_batch_size", group, reference="opacus")
+    frame["ratio_to_nonprivate"] = ratio_to(keyed, "max_batch_size", group)
     frame["memory_budget_gb"] = frame["memory_budget_bytes"] / GB
     frame["peak_memory_gb_at_max"] = frame["peak_memory_bytes_at_max"] / GB
     at_max = bench_at_max.rename(columns={"batch_size": "max_batch_size", "throughput_img_s": "throughput_at_max_img_s",
@@ -130,13 +122,18 @@ def complexity_totals(layers: pd.DataFrame) -> pd.DataFrame:
             algorithm = column.removeprefix("time_")
             rows.append({
                 "model": model, "image_size": size, "algorithm": algorithm,
-                "time_flops": total[column], "time_vs_nonprivate": total[column] / total["time_nonprivate"],
+                "time_flops": total[column],
                 "extra_memory_elements": total[f"mem_{algorithm}"],
                 "layers": len(per_layer), "ghost_layers": int((per_layer["choice"] == "ghost").sum()),
                 "instantiated_layers": int((per_layer["choice"] == "instantiate").sum()),
                 "batch_size": total.get("batch_size"),
             })
-    return _sort(pd.DataFrame(rows), ["model", "image_size", "algorithm"])
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return _sort(frame, ["model", "image_size", "algorithm"])
+    frame.insert(frame.columns.get_loc("time_flops") + 1, "time_vs_nonprivate",
+                 ratio_to(frame, "time_flops", ["model", "image_size"]))
+    return _sort(frame, ["model", "image_size", "algorithm"])
 
 
 def markdown_table(frame: pd.DataFrame, title: str) -> str:
