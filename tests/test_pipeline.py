@@ -76,7 +76,7 @@ def group_jobs(output: str) -> dict[str, list[tuple[str, str]]]:
     groups = {}
     for block in re.split(r"\n(?=\[[^\]]*\] Group job )", output)[1:]:
         name = re.match(r"\[[^\]]*\] Group job (\S+)", block).group(1)
-        jobs = re.findall(r"rule \w+:\n(?:\s+input: (\S+)\n)?\s+output: (\S+)", block)
+        jobs = re.findall(r"^    (?:rule|checkpoint) \w+:\n(?: +input: (\S+)\n)? +output: (\S+)", block, re.M)
         groups[name] = jobs
     return groups
 
@@ -101,6 +101,10 @@ def test_dry_run_of_the_slurm_profile(tmp_path):
                 | {f"profile.{m}.s{i}.b{b}" for p in config["profile"]
                    for m, i, b in product(p["models"], p["image_sizes"], p["batch_sizes"])})
     assert set(groups) == expected and len(groups) == 48  # instead of 230 + 100 + 7 single jobs
+    for s in config["bench"] + config["maxbatch"]:  # each group: every algorithm of its sweep
+        kind = "bench" if s in config["bench"] else "maxbatch"
+        assert all(len(jobs) == len(s["algorithms"]) for name, jobs in groups.items()
+                   if name.startswith(f"{kind}.{s['name']}.")), s["name"]
     ungrouped = re.findall(r"^rule (\w+):", output, re.M)  # submitted alone: train; the rest run locally
     assert sorted(set(ungrouped)) == ["all", "complexity", "figures", "perf_report", "reproduction_report",
                                       "tables", "train"]
