@@ -23,14 +23,20 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/perf.smk"
+include: "workflow/rules/failures.smk"
 
 
 localrules:
     all,
 
 
+onerror:
+    aggregate_after_failure()
+
+
 rule all:
     input:
+        force_rerun_of_failures,
         table_files("csv"),
         table_files("md"),
         figure_files("png"),

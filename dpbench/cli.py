@@ -45,6 +45,16 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def memory_size(text: str) -> int:
+    """argparse type for --memory-budget: a size such as 16GiB, 512MiB, 2GB or bytes."""
+    from dpbench.measure.memory import parse_memory_size
+
+    try:
+        return parse_memory_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

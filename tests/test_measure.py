@@ -200,3 +200,64 @@ def test_every_subcommand_reports_a_bad_argument_in_one_line(capsys):
             parser.error("bad value")
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == f"dpbench {name}: error: bad value\n"
+
+
+def test_bench_over_its_memory_budget_is_an_oom_result(tmp_path, capsys):
+    """The paper's 16 GB GPU on a larger device: a step over --memory-budget is out of memory, with
+    the budget recorded (on CPU the measuring process is stopped when it grows past the budget)."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--algorithm", "opacus", *TINY, "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                 "--memory-budget", "1MiB", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["oom"] is True and result["throughput_img_s"] is None
+    assert result["config"]["memory_budget_bytes"] == 1024**2
+    assert "out of memory within the budget of 1.0 MiB" in capsys.readouterr().out
+
+
+GUARD_CONFIG = json.dumps({"model": "cnn", "algorithm": "ghost", "image_size": 4})
+REJECTED = ["bench", "--algorithm", "ghost", "--model", "cnn", "--image-size", "4", "--batch-size", "2"]
+
+
+def guard(out, *options, command=REJECTED, command_out=None):
+    return main(["guard", "--kind", "bench", "--out", str(out), "--config", GUARD_CONFIG, *options, "--",
+                 *command, "--out", str(command_out or out)])
+
+
+def test_guard_writes_a_failure_record_on_the_last_attempt(tmp_path):
+    """A crash before the last attempt exits non-zero (the workflow retries); on the last one the guard
+    writes a failure record with the kind, reason and last error line, and exits 0."""
+    out = tmp_path / "r.json"
+    crash = ["bench", "--algorithm", "nonprivate", *TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0"]
+    unwritable = "/proc/dpbench/r.json"  # the command measures, then crashes writing its result (OSError)
+    assert guard(out, "--attempt", "1", "--attempts", "2", command=crash, command_out=unwritable) != 0
+    assert not out.exists()
+    assert guard(out, "--attempt", "2", "--attempts", "2", "--log", "x.log", command=crash, command_out=unwritable) == 0
+    record = json.loads(out.read_text())
+    assert record["kind"] == "bench" and record["status"] == "failed" and record["config"]["model"] == "cnn"
+    failure = record["failure"]
+    assert failure["kind"] == "crash" and failure["exit_code"] == 1 and failure["attempt"] == 2
+    assert "/proc/dpbench" in failure["last_error_line"] and failure["log"] == "x.log"
+    assert record["environment"]["torch"]
+
+
+def test_guard_records_a_rejected_configuration_at_once(tmp_path):
+    """Exit 2 (the command rejects the configuration) cannot improve with a retry: recorded on attempt 1."""
+    out = tmp_path / "r.json"
+    assert guard(out, "--attempt", "1", "--attempts", "3") == 0
+    failure = json.loads(out.read_text())["failure"]
+    assert failure["kind"] == "error" and "8x8" in failure["last_error_line"]
+
+
+def test_guard_stops_a_command_at_its_time_limit(tmp_path):
+    out = tmp_path / "r.json"
+    slow = ["bench", "--algorithm", "opacus", *TINY, "--batch-size", "4", "--steps", "100000"]
+    assert guard(out, "--time-limit", "0.05", command=slow) == 0
+    failure = json.loads(out.read_text())["failure"]
+    assert failure["kind"] == "timeout" and "0.05 min" in failure["reason"]
+
+
+def test_guard_passes_a_result_through(tmp_path):
+    out = tmp_path / "r.json"
+    ok = ["bench", "--algorithm", "nonprivate", *TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0"]
+    assert guard(out, "--attempt", "1", "--attempts", "1", command=ok) == 0
+    assert json.loads(out.read_text())["kind"] == "bench" and "status" not in json.loads(out.read_text())

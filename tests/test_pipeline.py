@@ -64,22 +64,59 @@ def test_dry_run_lists_every_job(name, tmp_path):
     counts = job_counts(run.stdout + run.stderr)
     assert counts == expected_counts(yaml.safe_load(configfile.read_text()))
     if name == "paper":  # the paper's sweep, counted by hand
-        assert counts == {"bench": 230, "maxbatch": 98, "complexity": 11, "train": 8, "profile": 7} | AGGREGATES
+        assert counts == {"bench": 230, "maxbatch": 100, "complexity": 11, "train": 8, "profile": 7} | AGGREGATES
     else:  # every algorithm, two or three batch sizes, every stage
         config = yaml.safe_load(configfile.read_text())
         algorithms = {a for s in config["bench"] for a in s["algorithms"]}
         assert len(algorithms) == 9 and all(1 <= len(s["batch_sizes"]) <= 3 for s in config["bench"])
 
 
+def group_jobs(output: str) -> dict[str, list[tuple[str, str]]]:
+    """Group id -> [(previous result or '', result)] of each job in a dry run's group jobs."""
+    groups = {}
+    for block in re.split(r"\n(?=\[[^\]]*\] Group job )", output)[1:]:
+        name = re.match(r"\[[^\]]*\] Group job (\S+)", block).group(1)
+        jobs = re.findall(r"^    (?:rule|checkpoint) \w+:\n(?: +input: (\S+)\n)? +output: (\S+)", block, re.M)
+        groups[name] = jobs
+    return groups
+
+
 def test_dry_run_of_the_slurm_profile(tmp_path):
-    """`--profile slurm` parses (YTE templating, plugin options) and sends GPU rules with gpu=1."""
+    """`--profile slurm` parses (YTE templating, plugin options) and sends GPU rules with gpu=1; one
+    SLURM job per comparison group, its algorithms chained in an order that alternates between groups."""
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--configfile",
                           "config/paper.yaml", "--directory", str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "DPBENCH_SLURM_PARTITION": "gpux"})
+                         text=True, timeout=180, env={**os.environ, "DPBENCH_SLURM_PARTITION": "gpux"})
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     bench = re.search(r"rule bench:.*?resources: ([^\n]*)", output, re.S).group(1)
     assert "slurm_partition=gpux" in bench and "gpu=1" in bench and "runtime=60" in bench
+
+    config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    groups = group_jobs(output)
+    expected = ({f"bench.{s['name']}.{m}.s{i}.b{b}" for s in config["bench"]
+                 for m, i, b in product(s["models"], s["image_sizes"], s["batch_sizes"])}
+                | {f"maxbatch.{s['name']}.{m}.s{i}" for s in config["maxbatch"]
+                   for m, i in product(s["models"], s["image_sizes"])}
+                | {f"profile.{m}.s{i}.b{b}" for p in config["profile"]
+                   for m, i, b in product(p["models"], p["image_sizes"], p["batch_sizes"])})
+    assert set(groups) == expected and len(groups) == 48  # instead of 230 + 100 + 7 single jobs
+    for s in config["bench"] + config["maxbatch"]:  # each group: every algorithm of its sweep
+        kind = "bench" if s in config["bench"] else "maxbatch"
+        assert all(len(jobs) == len(s["algorithms"]) for name, jobs in groups.items()
+                   if name.startswith(f"{kind}.{s['name']}.")), s["name"]
+    ungrouped = re.findall(r"^rule (\w+):", output, re.M)  # submitted alone: train; the rest run locally
+    assert sorted(set(ungrouped)) == ["all", "complexity", "figures", "perf_report", "reproduction_report",
+                                      "tables", "train"]
+    table4 = config["bench"][0]["algorithms"]
+    for position, batch in enumerate(["64", "256"]):  # resnet18 is table4's second model: groups 2 and 3
+        jobs = groups[f"bench.table4.resnet18.s32.b{batch}"]
+        chain = {Path(previous).stem if previous else None: Path(result).stem for previous, result in jobs}
+        order, algorithm = [], None
+        while algorithm in chain:
+            algorithm = chain[algorithm]
+            order.append(algorithm)
+        assert order == (table4 if position == 0 else table4[::-1]), order
 
 
 def write_config(tmp_path: Path, change) -> Path:
@@ -150,6 +187,20 @@ def test_pipeline_end_to_end(pipeline_run):
     # results are the only state: a second run has nothing to do
     again = snakemake("--cores", "2", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # a failure record where a result was: the same command would redo exactly that one (and the reports)
+    result = work / "results/bench/tiny/cnn/s16_b4/mixed_ghost.json"
+    measured = result.read_text()
+    record = {"kind": "bench", "status": "failed", "config": json.loads(measured)["config"],
+              "failure": {"kind": "crash", "reason": "exited with code 1", "last_error_line": "boom"}}
+    result.write_text(json.dumps(record))
+    try:
+        planned = snakemake("-n", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
+    finally:
+        result.write_text(measured)
+    output = planned.stdout + planned.stderr
+    assert job_counts(output) == {"bench": 1, "tables": 1, "figures": 1, "reproduction_report": 1,
+                                  "perf_report": 1, "all": 1}, output[-3000:]
+    assert "Forced execution" in output
 
 
 @pytest.mark.slow
@@ -161,3 +212,56 @@ def test_html_report_has_figures_and_tables(pipeline_run):
     for text in ["fig3_maxbatch_throughput.png", "throughput_memory.csv", "reproduction.md", "performance.md",
                  "Figure 3 of the paper, remeasured"]:
         assert text in html, text
+
+
+def _guard_of(result: str) -> int | None:
+    """The pid of the `dpbench guard` process that writes this result, once it runs."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "guard" in cmdline and result in cmdline:
+            return process.pid
+    return None
+
+
+@pytest.mark.slow
+def test_killed_job_still_gives_tables_and_reports(tmp_path):
+    """A measuring job killed from outside on its last attempt (SIGKILL: an out-of-memory kill, a node
+    lost) leaves no result; the run fails, but its `onerror` records the missing result as failed and
+    builds every table, figure and report from the rest, listing the killed configuration."""
+    import signal
+    import time
+
+    config = yaml.safe_load((REPO / ".test/config/pipeline.yaml").read_text())
+    config.update(maxbatch=[], profile=[], complexity=[], train=[], retries=0)
+    config["bench"][0].update(steps=400)  # seconds long: time to kill it
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "run"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+               "--cores", "2", "--configfile", str(path)]
+    victim = "results/bench/tiny/cnn/s16_b4/mixed_ghost.json"  # second in its group
+    with open(tmp_path / "log.txt", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        deadline, killed = time.monotonic() + 600, False
+        while not killed and time.monotonic() < deadline and process.poll() is None:
+            pid = _guard_of(victim)
+            if pid:
+                time.sleep(2)
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.3)
+        returncode = process.wait(timeout=900)
+    output = (tmp_path / "log.txt").read_text()
+    assert killed, output[-3000:]
+    assert returncode != 0 and "missing result(s) recorded as failed" in output, output[-3000:]
+    record = json.loads((work / victim).read_text())
+    assert record["status"] == "failed" and record["failure"]["kind"] == "killed"
+    throughput = pd.read_csv(work / "results/tables/throughput_memory.csv")
+    assert throughput["algorithm"].tolist() == ["nonprivate"]
+    for name in ["results/tables/failures.md", "results/tables/table4.md", "figures/fig4_memory_time_scatter.png",
+                 "paper/reproduction.md", "paper/performance.md"]:
+        assert (work / name).stat().st_size > 0, name
+    assert "killed" in (work / "results/tables/failures.md").read_text()
+    assert "cnn, 16², batch 4, Mixed ghost" in (work / "paper/reproduction.md").read_text()

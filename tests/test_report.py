@@ -195,10 +195,54 @@ def test_reproduction_report(tables, tmp_path):
     at_32 = [cells for cells in rows if cells[4].strip() == "32"]
     assert len(at_32) == 8 and all(cells[-2].strip() == "yes" for cells in at_32)
     assert all(cells[-2].strip() == "—" for cells in rows if cells[4].strip() == "224")  # not computed here
-    overhead = r"\| memory overhead of Mixed ghost vs non-private \(worst configuration\) \| ≤ 10% +\| 4.0% \(\w+ 32², batch \d+; of 4 configurations\) +\| yes"
+    overhead = (r"\| memory overhead of Mixed ghost vs non-private \(worst configuration\) +\| ≤ 10% +\| 4.0% \(\w+ 32², "
+                r"batch \d+; of 4 configurations\) +\| yes +\| .* CPU, .*budget none \(the device\)")
     assert re.search(overhead, text)
     # the Fashion-MNIST anchor is matched by the nearest-epsilon run on the same dataset
     assert "| cnn_mnist / Mixed ghost" in text
+
+
+def test_failure_records_and_budgets_are_listed(tmp_path):
+    """A failure record among the results: the tables skip it as a measurement, failures.md and table4.md
+    name it (with the reason and its log's last line), and so does the reproduction report; an OOM within
+    a memory budget shows as OOM with the budget beside it."""
+    from dpbench.failures import failure_record
+
+    fits = bench_result("resnet18", "nonprivate", 256, 1000.0, 3000)
+    over = bench_result("resnet18", "opacus", 256, 1.0, 1, oom=True)
+    for result in (fits, over):
+        result["config"]["memory_budget_bytes"] = 16 * 1024**3
+    crash = failure_record("bench", {"sweep": "table4", "model": "resnet18", "image_size": 32, "batch_size": 256,
+                                     "algorithm": "ghost", "device": "cpu"}, "crash", "exited with code 1",
+                           "RuntimeError: CUDA error: an illegal memory access", 1, 3, 3, "logs/x.log", ENV)
+    files = [write(tmp_path / f"{i}.json", r) for i, r in enumerate([fits, over, crash])]
+    assert main(["tables", "--bench", *files, "--out-dir", str(tmp_path / "t")]) == 0
+    throughput = pd.read_csv(tmp_path / "t/throughput_memory.csv")
+    assert sorted(throughput["algorithm"]) == ["nonprivate", "opacus"]
+    failures = pd.read_csv(tmp_path / "t/failures.csv")
+    assert failures[["algorithm", "failure", "attempt"]].values.tolist() == [["ghost", "crash", 3]]
+    listed = (tmp_path / "t/failures.md").read_text()
+    assert "bench table4, resnet18, 32², batch 256, Ghost" in listed and "illegal memory access" in listed
+    table4 = (tmp_path / "t/table4.md").read_text()
+    assert "memory budget 16.0 GiB: OOM = over it" in table4
+    assert re.search(r"\| resnet18 +\| OOM +\| failed \(crash\) +\| 50.0 / 3.000 +\|", table4), table4
+    from dpbench.report.failures import footnote
+
+    assert footnote(failures, ("bench",)) == ("Failed, not shown: bench table4, resnet18, 32², batch 256, Ghost (crash) "
+                                              "(results/tables/failures.md).")
+    assert footnote(failures, ("train",)) is None
+    assert main(["figures", "--throughput-memory", str(tmp_path / "t/throughput_memory.csv"), "--failures",
+                 str(tmp_path / "t/failures.csv"), "--out-dir", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f/fig4_memory_time_scatter.png").stat().st_size > 0
+    argv = ["report", "--reported", str(REPO / "paper" / "reported.csv"), "--throughput-memory",
+            str(tmp_path / "t/throughput_memory.csv"), "--failures", str(tmp_path / "t/failures.csv"),
+            "--out", str(tmp_path / "r.md")]
+    assert main(argv) == 0
+    report = (tmp_path / "r.md").read_text()
+    assert "## Failed configurations" in report and "illegal memory access" in report
+    assert re.search(r"\| resnet18 +\| Opacus +\| OOM .*\| 16.0 GiB +\|", report)
+    uncovered = report.split("## What this run does not cover")[1]
+    assert "resnet18 32² ghost" in uncovered and "GPT2" in uncovered
 
 
 def test_bad_inputs_give_one_line(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dpbench.cli import positive_int
+from dpbench.cli import memory_size, positive_int
 from dpbench.measure import MeasurementFailed, bench_result
 from dpbench.measure.cli_args import add_config_arguments, config_from_args
 from dpbench.measure.memory import format_bytes
@@ -15,6 +15,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput and peak memory of one configuration (fresh process)")
     add_config_arguments(p, steps=10, warmup=3)
     p.add_argument("--batch-size", type=positive_int, required=True)
+    p.add_argument("--memory-budget", type=memory_size, default=None,
+                   help="memory the step may use, e.g. 16GiB (a smaller GPU on a larger one); "
+                        "over it the result is out of memory (default: the device's memory)")
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=run)
 
@@ -22,7 +25,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     config = config_from_args(args, args.batch_size)
     try:
-        result = bench_result(config)
+        result = bench_result(config, args.memory_budget)
     except MeasurementFailed as failure:
         sys.stderr.write(failure.log)
         print(f"dpbench bench: error: {failure}", file=sys.stderr)
@@ -37,7 +40,9 @@ def summary(result: dict) -> str:
     c = result["config"]
     name = f"{c['algorithm']} {c['model']} batch {c['batch_size']} {c['image_size']}² {c['device']}"
     if result["oom"]:
-        return f"{name}: out of memory ({result['error']})"
+        budget = result["config"].get("memory_budget_bytes")
+        within = f" within the budget of {format_bytes(budget)}" if budget else ""
+        return f"{name}: out of memory{within} ({result['error']})"
     return (f"{name}: {result['step_time_s']['median']:.4f} s/step, "
             f"{result['throughput_img_s']['median']:.1f} img/s, peak {format_bytes(result['peak_memory_bytes'])} "
             f"({result['memory_method']})")

@@ -14,6 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("--maxbatch", metavar="CSV", help="maxbatch.csv: the Figure 3 pair")
     p.add_argument("--accuracy", metavar="CSV", help="accuracy.csv: accuracy vs epsilon")
     p.add_argument("--complexity-layers", metavar="CSV", help="complexity_layers.csv: the layerwise figure")
+    p.add_argument("--failures", metavar="CSV", help="failures.csv: failed configurations, named under each figure")
     p.add_argument("--dp-algorithm", default="mixed_ghost",
                    help="the DP algorithm of the Figure 4 scatter (default: mixed_ghost)")
     p.add_argument("--out-dir", required=True, help="directory of the figures")
@@ -22,6 +23,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from dpbench.report import figures
+    from dpbench.report.failures import footnote
     from dpbench.report.load import read_table
     from dpbench.report.style import ALGORITHM_ORDER
 
@@ -44,7 +46,14 @@ def run(args) -> int:
     if not drawings:
         raise DpbenchError("no table given (--throughput-memory, --maxbatch, --accuracy or --complexity-layers)")
     out = Path(args.out_dir)
+    failures = read_table(args.failures)
+    kinds = {"fig4_memory_time_scatter": ("bench",), "throughput_vs_batch": ("bench",),
+             "fig3_maxbatch_throughput": ("maxbatch", "bench"), "accuracy_vs_epsilon": ("train",)}
     for name, draw in drawings:
-        figures.save(draw(), out, name)
+        fig = draw()
+        note = footnote(failures, kinds.get(name, ()))
+        if note:
+            fig.text(0.01, 0.0, note, fontsize=7, ha="left", va="top", wrap=True)
+        figures.save(fig, out, name)
     print(f"dpbench figures: wrote {', '.join(name for name, _ in drawings)} (PNG, PDF) to {out}")
     return 0

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from dpbench.cli import positive_int
+from dpbench.cli import memory_size, positive_int
 from dpbench.errors import DpbenchError
 from dpbench.measure import MeasurementFailed, maxbatch_result
 from dpbench.measure.cli_args import add_config_arguments, config_from_args
-from dpbench.measure.memory import format_bytes, parse_memory_size, total_memory_bytes
+from dpbench.measure.memory import format_bytes, total_memory_bytes
 from dpbench.results import write_json_atomic
-
-
-def memory_size(text: str) -> int:
-    """argparse type for --memory-budget."""
-    try:
-        return parse_memory_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers) -> None:

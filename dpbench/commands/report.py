@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--maxbatch", metavar="CSV", help="maxbatch.csv of this run")
     p.add_argument("--accuracy", metavar="CSV", help="accuracy.csv of this run")
     p.add_argument("--complexity-layers", metavar="CSV", help="complexity_layers.csv of this run")
+    p.add_argument("--failures", metavar="CSV", help="failures.csv of this run (the configurations that failed)")
     p.add_argument("--dp-algorithm", default="mixed_ghost",
                    help="the DP algorithm compared with the paper's mixed ghost clipping (default: mixed_ghost)")
     p.add_argument("--out", required=True, help="the Markdown report to write")
@@ -34,7 +35,7 @@ def run(args) -> int:
     if missing:
         raise DpbenchError(f"{args.reported} lacks the columns {', '.join(sorted(missing))}")
     ours = Ours(read_table(args.throughput_memory), read_table(args.maxbatch), read_table(args.accuracy),
-                read_table(args.complexity_layers))
+                read_table(args.complexity_layers), failures=read_table(args.failures))
     write_text_atomic(args.out, render(reported, ours, args.dp_algorithm))
     print(f"dpbench report: wrote {args.out}")
     return 0

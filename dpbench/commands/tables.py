@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dpbench.report import load, tables
+    from dpbench.report import failures as failed, load, tables
 
     if not (args.bench or args.maxbatch or args.train or args.complexity):
         raise DpbenchError("no result files given (--bench, --maxbatch, --train or --complexity)")
@@ -31,13 +31,18 @@ def run(args) -> int:
         raise DpbenchError("--bench-at-max needs the --maxbatch results it belongs to")
     out = Path(args.out_dir)
     written = []
+    failures = failed.failures_frame({"bench": args.bench + args.bench_at_max, "maxbatch": args.maxbatch,
+                                      "train": args.train})
+    if args.bench or args.maxbatch or args.train:
+        tables.write_table(failures, out, "failures", failed.failures_markdown(failures))
+        written.append("failures")
     if args.bench:
         bench = load.bench_frame(args.bench)
         frame = tables.throughput_memory(bench)
         tables.write_table(frame, out, "throughput_memory",
                            tables.markdown_table(frame, "Throughput and peak memory per configuration"))
         frame = tables.table4(bench, args.epoch_images)
-        tables.write_table(frame, out, "table4", tables.table4_markdown(frame))
+        tables.write_table(frame, out, "table4", tables.table4_markdown(frame, failures))
         written += ["throughput_memory", "table4"]
     if args.maxbatch:
         frame = tables.maxbatch(load.maxbatch_frame(args.maxbatch), load.bench_frame(args.bench_at_max))

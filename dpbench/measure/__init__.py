@@ -21,21 +21,40 @@ __all__ = ["BenchConfig", "MeasurementFailed", "ProbeResult", "SearchResult", "b
            "maxbatch_result", "probe", "search_max_batch"]
 
 
-def bench_result(config: BenchConfig) -> dict:
-    """The `kind: bench` result of one configuration, measured in a fresh process."""
-    measured = run_in_fresh_process(config)
+def bench_result(config: BenchConfig, memory_budget_bytes: int | None = None) -> dict:
+    """The `kind: bench` result of one configuration, measured in a fresh process. With a memory
+    budget the step must fit it (CUDA: the caching allocator is capped at it; CPU: the process is
+    stopped when its memory grows past it): a configuration over the budget is an out-of-memory result,
+    as on a GPU with only that much memory."""
+    measured = _measure_within(config, memory_budget_bytes, record_environment=True)
+    if memory_budget_bytes is not None and _over_budget(measured, memory_budget_bytes) and not measured["oom"]:
+        measured.update(oom=True, error=f"peak memory {measured['peak_memory_bytes']} B is above the memory budget "
+                                        f"of {memory_budget_bytes} B", step_time_s=None, throughput_img_s=None)
     env = measured.pop("environment", None) or environment(config.device, config.dtype, config.seed)
-    return {"kind": "bench", "config": config.as_dict(), **measured, "environment": env}
+    return {"kind": "bench", "config": {**config.as_dict(), "memory_budget_bytes": memory_budget_bytes},
+            **measured, "environment": env}
+
+
+def _measure_within(config: BenchConfig, memory_budget_bytes: int | None, record_environment: bool) -> dict:
+    """run_in_fresh_process with the budget applied the device's way (None: no budget)."""
+    on_cpu = torch.device(config.device).type == "cpu"
+    return run_in_fresh_process(config, cpu_memory_budget=memory_budget_bytes if on_cpu else None,
+                                cuda_memory_budget=None if on_cpu else memory_budget_bytes,
+                                record_environment=record_environment)
+
+
+def _over_budget(measured: dict, memory_budget_bytes: int) -> bool:
+    """Stopped for going over the budget, or a measured peak above it."""
+    peak = measured.get("peak_memory_bytes")
+    return measured.get("killed") == "over_budget" or (not measured["oom"] and peak is not None
+                                                       and peak > memory_budget_bytes)
 
 
 def probe(config: BenchConfig, memory_budget_bytes: int) -> ProbeResult:
     """Does `config` fit? Fails on an out-of-memory error or, on CPU, a peak above the budget."""
-    on_cpu = torch.device(config.device).type == "cpu"
-    measured = run_in_fresh_process(config, cpu_memory_budget=memory_budget_bytes if on_cpu else None,
-                                    cuda_memory_budget=None if on_cpu else memory_budget_bytes,
-                                    record_environment=False)
+    measured = _measure_within(config, memory_budget_bytes, record_environment=False)
     peak = measured.get("peak_memory_bytes")
-    if measured.get("killed") == "over_budget" or (not measured["oom"] and peak is not None and peak > memory_budget_bytes):
+    if _over_budget(measured, memory_budget_bytes):
         return ProbeResult(config.batch_size, False, peak, "over_budget")
     if measured["oom"]:
         return ProbeResult(config.batch_size, False, peak, "oom")

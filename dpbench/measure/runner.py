@@ -59,7 +59,7 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
         if not record_environment:
             command.append("--no-environment")
         with open(log_path, "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
             try:
                 killed, peak_seen, baseline = _guard(process, status_path, cpu_memory_budget)
             finally:
@@ -81,7 +81,7 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
         return json.loads(result_path.read_text())
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec (Linux): get SIGKILL when the parent dies, e.g. when a job is cancelled."""
     if sys.platform.startswith("linux"):
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpbench.errors import DpbenchError
+from dpbench.failures import is_failure
 
 
 def read_result(path: str | Path, kind: str) -> dict:
@@ -25,6 +26,15 @@ def read_result(path: str | Path, kind: str) -> dict:
         found = result.get("kind") if isinstance(result, dict) else type(result).__name__
         raise DpbenchError(f"{path} is not a {kind} result (kind: {found!r})")
     return result
+
+
+def measured_results(paths, kind: str):
+    """(path, result) of the measured results of the given kind among the files; failure records are
+    left out (dpbench.report.failures lists them)."""
+    for path in paths:
+        result = read_result(path, kind)
+        if not is_failure(result):
+            yield path, result
 
 
 def device_label(environment: dict) -> str:
@@ -48,8 +58,7 @@ def bench_frame(paths) -> pd.DataFrame:
     median step time by the clock that other work on the machine does not distort: CPU time on a CPU,
     wall time on CUDA (NaN when out of memory). `environment` is the result's record, `path` its file."""
     rows = []
-    for path in paths:
-        r = read_result(path, "bench")
+    for path, r in measured_results(paths, "bench"):
         c, env = r["config"], r["environment"]
         cuda = str(env.get("device", c.get("device"))).startswith("cuda")
         timing = None if r["oom"] else (r.get("step_time_s") if cuda else r.get("step_cpu_time_s"))
@@ -57,7 +66,7 @@ def bench_frame(paths) -> pd.DataFrame:
         rows.append({
             "model": c["model"], "image_size": c["image_size"], "batch_size": c["batch_size"],
             "algorithm": c["algorithm"], "num_classes": c.get("num_classes"), "dtype": c.get("dtype"),
-            "oom": bool(r["oom"]), "error": r.get("error"),
+            "oom": bool(r["oom"]), "error": r.get("error"), "memory_budget_bytes": c.get("memory_budget_bytes"),
             "throughput_img_s": _stat(r.get("throughput_img_s"), "median"),
             "throughput_q25": _stat(r.get("throughput_img_s"), "q25"),
             "throughput_q75": _stat(r.get("throughput_img_s"), "q75"),
@@ -73,6 +82,7 @@ def bench_frame(paths) -> pd.DataFrame:
 
 
 BENCH_COLUMNS = ["model", "image_size", "batch_size", "algorithm", "num_classes", "dtype", "oom", "error",
+                 "memory_budget_bytes",
                  "throughput_img_s", "throughput_q25", "throughput_q75", "step_time_s", "step_throughput",
                  "peak_memory_bytes", "step_memory_bytes", "memory_method", "steps", "warmup", "device", "cuda",
                  "git_commit", "environment", "path"]
@@ -90,8 +100,7 @@ def maxbatch_frame(paths) -> pd.DataFrame:
     """One row per maxbatch result: the largest batch size and the peak memory of that probe; the
     device labelled with the threads of the probes."""
     rows = []
-    for path in paths:
-        r = read_result(path, "maxbatch")
+    for path, r in measured_results(paths, "maxbatch"):
         c = r["config"]
         fits = [p for p in r["probes"] if p["ok"] and p["batch_size"] == r["max_batch_size"]]
         rows.append({
@@ -112,8 +121,7 @@ MAXBATCH_COLUMNS = ["model", "image_size", "algorithm", "max_batch_size", "memor
 def train_frame(paths) -> pd.DataFrame:
     """One row per training result: model, data, algorithm, target and spent epsilon, test accuracy."""
     rows = []
-    for path in paths:
-        r = read_result(path, "train")
+    for path, r in measured_results(paths, "train"):
         c = r["config"]
         rows.append({
             "model": r.get("model", c.get("model")), "dataset": r.get("dataset", c.get("dataset")),
@@ -146,7 +154,7 @@ def complexity_frame(paths) -> pd.DataFrame:
 
 def profile_results(paths) -> list[dict]:
     """The `kind: profile` results."""
-    return [read_result(path, "profile") for path in paths]
+    return [result for _, result in measured_results(paths, "profile")]
 
 
 def read_table(path: str | Path | None) -> pd.DataFrame | None:

@@ -47,7 +47,8 @@ class Ours:
     """This run's tables, with the look-ups the report needs."""
 
     def __init__(self, throughput: pd.DataFrame | None, maxbatch: pd.DataFrame | None,
-                 accuracy: pd.DataFrame | None, layers: pd.DataFrame | None, epoch_images: int = 50000):
+                 accuracy: pd.DataFrame | None, layers: pd.DataFrame | None, epoch_images: int = 50000,
+                 failures: pd.DataFrame | None = None):
         self.throughput = throughput if throughput is not None else pd.DataFrame(
             columns=["model", "image_size", "batch_size", "algorithm", "throughput_img_s", "peak_memory_mb", "oom",
                      "device"])
@@ -61,6 +62,7 @@ class Ours:
         self.epoch_images = epoch_images
         self.maxbatch = self.maxbatch.assign(throughput_at_max_vs_nonprivate=ratio_to(
             self.maxbatch, "throughput_at_max_img_s", ["device", "model", "image_size", "memory_budget_gb"]))
+        self.failures = failures
 
     def devices(self) -> list[str]:
         frames = [self.throughput, self.maxbatch, self.accuracy]
@@ -138,9 +140,11 @@ def section_table4(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "paper memory ratio": _num(_ratio(p_mem, p_mem_np)),
             "our memory ratio": _num(_memory_ratio(ours, model, size, our_batch, algorithm)),
             "our batch": our_batch if our_batch is not None else "—", "our device": device or "—",
+            "our budget": _budget(ours.bench_row(model, size, our_batch, algorithm)),
         })
     text = ("## Table 4: time per epoch and memory (CIFAR-10, 32×32)\n\n"
-            "Paper: physical batch 256 on a 16 GB GPU, OOM = over 16 GB. Ours: time per epoch = "
+            "Paper: physical batch 256 on a 16 GB GPU, OOM = over 16 GB. Ours: OOM = over our budget (column "
+            "\"our budget\"; — = the device's whole memory). Time per epoch = "
             f"{ours.epoch_images} / median throughput at our batch size (the paper's 256 where measured), memory = "
             "peak memory of a step. Slowdown = time / non-private time; memory ratio = memory / non-private memory, "
             "both at the same batch size on the same device.\n\n" + _table(rows))
@@ -295,6 +299,7 @@ def section_bk(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "ours/paper": _num(_ratio(o_thr, p["value"])),
             "paper / non-private": _num(_ratio(p["value"], p_np)),
             "ours / non-private": _num(None if row is None else row["throughput_at_max_vs_nonprivate"]),
+            "our budget GB": _num(None if row is None else row["memory_budget_gb"]),
             "our device": "—" if row is None else row["device"],
         })
     text = ("## Book-keeping follow-up (Bu et al., ICML 2023): maximum throughput\n\n"
@@ -344,42 +349,84 @@ def section_headline(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> t
     slowdowns = [r for r in slowdowns if not math.isnan(r[0])]
     rows, found = [], 0
 
-    def claim(text, paper_value, our_value, holds):
+    def claim(text, paper_value, our_value, holds, measured=()):
         nonlocal found
         found += our_value is not None
         rows.append({"claim": text, "paper": paper_value, "this run": our_value if our_value is not None else "—",
-                     "holds here": "—" if our_value is None else ("yes" if holds else "no")})
+                     "holds here": "—" if our_value is None else ("yes" if holds else "no"),
+                     "measured on": _measured_on(measured)})
+
+    bench_rows = [ours.bench_row(c.model, c.image_size, c.batch_size, a) for c in configs.itertuples()
+                  for a in (dp_algorithm, "nonprivate")]
 
     p_over = _paper_lookup(paper, quantity="memory_overhead_max")
     if p_over is not None:
         worst = max(mem_ratios) if mem_ratios else None
         claim(f"memory overhead of {label} vs non-private (worst configuration)", f"≤ {100 * p_over:.0f}%",
               None if worst is None else f"{100 * (worst[0] - 1):.1f}% ({worst[1]}; of {len(mem_ratios)} configurations)",
-              worst is not None and worst[0] - 1 <= p_over)
+              worst is not None and worst[0] - 1 <= p_over, bench_rows)
     p_slow = _paper_lookup(paper, quantity="slowdown_max")
     if p_slow is not None:
         worst = max(slowdowns) if slowdowns else None
         claim(f"slowdown of {label} vs non-private (worst configuration)", f"< {p_slow:g}×",
               None if worst is None else f"{worst[0]:.2f}× ({worst[1]}; of {len(slowdowns)} configurations)",
-              worst is not None and worst[0] < p_slow)
+              worst is not None and worst[0] < p_slow, bench_rows)
     p_speed = _paper_lookup(paper, quantity="speedup_vs_opacus", model="vgg19")
     if p_speed is not None:
         batch = ours.bench_batch("vgg19", 32, 256)
-        speed = None
+        speed, dp, op = None, None, None
         if batch is not None:
             dp, op = ours.bench_row("vgg19", 32, batch, dp_algorithm), ours.bench_row("vgg19", 32, batch, "opacus")
             if dp is not None and op is not None:
                 speed = math.inf if bool(op["oom"]) else _ratio(dp["throughput_img_s"], op["throughput_img_s"])
         claim(f"VGG19: {label} throughput / Opacus", f"{p_speed:g}×",
               None if speed is None else ("Opacus OOM" if math.isinf(speed) else f"{speed:.2f}×"),
-              speed is not None and speed >= p_speed)
+              speed is not None and speed >= p_speed, [dp, op])
     p_batch = _paper_lookup(paper, quantity="max_batch_ratio_vs_opacus", model="vgg19")
     if p_batch is not None:
         dp, op = ours.maxbatch_row("vgg19", 32, dp_algorithm), ours.maxbatch_row("vgg19", 32, "opacus")
         ratio = None if dp is None or op is None else _ratio(dp["max_batch_size"], op["max_batch_size"])
         claim(f"VGG19: {label} max batch / Opacus", f"{p_batch:g}×", None if ratio is None else f"{ratio:.1f}×",
-              ratio is not None and ratio >= p_batch)
-    return "## Headline claims (abstract)\n\n" + _table(rows), found, len(rows)
+              ratio is not None and ratio >= p_batch, [dp, op])
+    p_400 = _paper_lookup(paper, quantity="max_batch", model="resnet18", image_size=400, algorithm="ghost")
+    if p_400 is not None:
+        ghost, mixed = ours.maxbatch_row("resnet18", 400, "ghost"), ours.maxbatch_row("resnet18", 400, "mixed_ghost")
+        value = None
+        if ghost is not None:
+            value = f"ghost max batch {int(ghost['max_batch_size'])}" + (
+                "" if mixed is None else f", mixed ghost {int(mixed['max_batch_size'])}")
+        claim("ResNet18 at 400×400: plain ghost clipping cannot fit one image (max batch)", f"{p_400:g}", value,
+              ghost is not None and ghost["max_batch_size"] == 0 and (mixed is None or mixed["max_batch_size"] >= 1),
+              [ghost, mixed])
+    text = ("## Headline claims (abstract)\n\nEach claim with the device and the memory budget it was measured "
+            "under (the paper's: a 16 GB GPU).\n\n")
+    return text + _table(rows), found, len(rows)
+
+
+def _budget(row) -> str:
+    """The memory budget a bench result was measured under ('—' for none: the device's memory)."""
+    from dpbench.measure.memory import format_bytes
+
+    if row is None or pd.isna(row.get("memory_budget_bytes", math.nan)):
+        return "—"
+    return format_bytes(int(row["memory_budget_bytes"]))
+
+
+def _measured_on(rows) -> str:
+    """'NVIDIA H100 (cuda), budget 16.0 GiB' for the result rows a claim rests on."""
+    from dpbench.measure.memory import format_bytes
+
+    rows = [r for r in rows if r is not None]
+    devices = sorted({str(r["device"]) for r in rows if not pd.isna(r.get("device"))})
+    budgets = set()
+    for r in rows:
+        if not pd.isna(r.get("memory_budget_bytes", math.nan)):
+            budgets.add(format_bytes(int(r["memory_budget_bytes"])))
+        elif not pd.isna(r.get("memory_budget_gb", math.nan)):
+            budgets.add(f"{r['memory_budget_gb']:.3g} GB")
+    if not devices:
+        return "—"
+    return "; ".join(devices) + f", budget {' / '.join(sorted(budgets)) if budgets else 'none (the device)'}"
 
 
 def render(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> str:
@@ -389,6 +436,7 @@ def render(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> str:
     sections = [section_headline(reported, ours, dp_algorithm), section_table4(reported, ours),
                 section_figure3(reported, ours), section_figure4(reported, ours, dp_algorithm),
                 section_layerwise(reported, ours), section_bk(reported, ours), section_accuracy(reported, ours)]
+    from dpbench.report.coverage import MEMORY_NOTE, section_failures, section_uncovered
     found = sum(s[1] for s in sections)
     total = sum(s[2] for s in sections)
     devices = ours.devices() or ["(no measurement in this run)"]
@@ -404,6 +452,8 @@ def render(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> str:
         "this run's configuration (`config/paper.yaml` on a GPU measures them all).\n\n"
         f"- Paper devices: {'; '.join(paper_devices)}\n"
         f"- This run: {'; '.join(devices)}\n"
-        f"- Coverage: {found} of {total} compared quantities have a counterpart in this run.\n\n"
+        f"- Coverage: {found} of {total} compared quantities have a counterpart in this run (the last section "
+        "lists the rest).\n\n" + MEMORY_NOTE + "\n"
     )
-    return head + "\n".join(s[0] for s in sections)
+    return (head + section_failures(ours.failures) + "\n" + "\n".join(s[0] for s in sections) + "\n"
+            + section_uncovered(reported, ours))

@@ -44,7 +44,8 @@ def throughput_memory(bench: pd.DataFrame) -> pd.DataFrame:
     frame["memory_vs_nonprivate"] = ratio_to(frame, "peak_memory_bytes", CONFIGURATION)
     columns = ["model", "image_size", "batch_size", "algorithm", "throughput_img_s", "throughput_q25",
                "throughput_q75", "throughput_vs_nonprivate", "step_time_s", "peak_memory_mb",
-               "memory_vs_nonprivate", "memory_method", "oom", "error", "steps", "warmup", "dtype", "device"]
+               "memory_vs_nonprivate", "memory_method", "oom", "error", "memory_budget_bytes", "steps", "warmup", "dtype",
+               "device"]
     return _sort(frame[columns], ["device", "model", "image_size", "batch_size", "algorithm"])
 
 
@@ -55,7 +56,7 @@ def table4(bench: pd.DataFrame, epoch_images: int) -> pd.DataFrame:
     frame["memory_gb"] = frame["peak_memory_bytes"] / GB
     frame["epoch_images"] = epoch_images
     columns = ["model", "image_size", "batch_size", "algorithm", "epoch_time_s", "memory_gb", "oom",
-               "epoch_images", "memory_method", "device"]
+               "memory_budget_bytes", "epoch_images", "memory_method", "device"]
     return _sort(frame[columns], ["device", "image_size", "batch_size", "model", "algorithm"])
 
 
@@ -63,24 +64,54 @@ def _fmt(value: float, digits: int) -> str:
     return "—" if pd.isna(value) else f"{value:.{digits}f}"
 
 
-def table4_markdown(table: pd.DataFrame) -> str:
-    """One Table-4-style grid per (device, image size, batch size): models x algorithms, 'time / memory'."""
+def _budget_text(budgets: pd.Series) -> str:
+    """'memory budget 16.0 GiB (OOM = over it)' for a group's budgets, or the device's memory."""
+    from dpbench.measure.memory import format_bytes
+
+    values = sorted({int(b) for b in budgets.dropna()})
+    if not values:
+        return "no memory budget: OOM = over the device's memory"
+    return f"memory budget {' / '.join(format_bytes(v) for v in values)}: OOM = over it"
+
+
+def table4_markdown(table: pd.DataFrame, failures: pd.DataFrame | None = None) -> str:
+    """One Table-4-style grid per (device, image size, batch size): models x algorithms, 'time / memory';
+    'OOM' where the step did not fit the budget, 'failed' where a configuration has only a failure record
+    (results/tables/failures.md says why)."""
     parts = ["# Time per epoch (s) / peak memory (GB), Table 4 layout\n"]
-    if table.empty:
+    failed = failures[failures["kind"] == "bench"] if failures is not None else pd.DataFrame()
+    if table.empty and failed.empty:
         return parts[0] + "\nNo bench results.\n"
     for (device, size, batch), group in table.groupby(["device", "image_size", "batch_size"], sort=False):
         epoch_images = int(group["epoch_images"].iloc[0])
         parts.append(f"\n## {size}×{size}, batch {batch}, {device}\n\nTime per epoch = {epoch_images} images / "
-                     f"median throughput; memory = peak memory of a training step ({group['memory_method'].iloc[0]}).\n")
-        algorithms = ordered_algorithms(group["algorithm"])
+                     f"median throughput; memory = peak memory of a training step ({group['memory_method'].iloc[0]}); "
+                     f"{_budget_text(group['memory_budget_bytes'])}.\n")
         cells = {}
         for row in group.itertuples():
             text = "OOM" if row.oom else f"{_fmt(row.epoch_time_s, 1)} / {_fmt(row.memory_gb, 3)}"
-            cells.setdefault(row.model, {})[algorithm_label(row.algorithm)] = text
-        grid = pd.DataFrame.from_dict(cells, orient="index")[[algorithm_label(a) for a in algorithms]]
-        grid.index.name = "model"
-        parts.append("\n" + grid.fillna("—").to_markdown() + "\n")
+            cells.setdefault(row.model, {})[row.algorithm] = text
+        here = failed[(failed["image_size"] == size) & (failed["batch_size"] == batch)] if not failed.empty else failed
+        for row in here.itertuples():
+            cells.setdefault(row.model, {})[row.algorithm] = f"failed ({row.failure})"
+        parts.append(_grid(cells))
+    shown = set(zip(table["image_size"], table["batch_size"]))
+    for (size, batch), group in (failed.groupby(["image_size", "batch_size"]) if not failed.empty else []):
+        if (size, batch) not in shown:  # every configuration of this size and batch failed
+            parts.append(f"\n## {size}×{size}, batch {batch}\n\nNo measurement: every configuration failed.\n")
+            parts.append(_grid({row.model: {row.algorithm: f"failed ({row.failure})"} for row in group.itertuples()}))
+    if not failed.empty:
+        parts.append(f"\n{len(failed)} configuration(s) failed; their reasons are in failures.md.\n")
     return "".join(parts)
+
+
+def _grid(cells: dict) -> str:
+    """models x algorithms (paper order) as Markdown; '—' where nothing was measured."""
+    algorithms = ordered_algorithms(pd.Series([a for row in cells.values() for a in row]))
+    grid = pd.DataFrame.from_dict(cells, orient="index").reindex(columns=algorithms)
+    grid.columns = [algorithm_label(a) for a in algorithms]
+    grid.index.name = "model"
+    return "\n" + grid.fillna("—").to_markdown() + "\n"
 
 
 def maxbatch(maxbatch_results: pd.DataFrame, bench_at_max: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ localrules:
 
 rule tables:
     input:
+        rerun_failures=force_rerun_of_failures,
         bench=bench_files(),
         maxbatch=maxbatch_files(),
         at_max=bench_at_max_files,
@@ -46,7 +47,7 @@ rule figures:
         "logs/figures.log",
     params:
         dpbench=DPBENCH,
-        tables=table_options(),
+        tables=table_options(failures=True),
         dp_algorithm=config["report"]["dp_algorithm"],
         out_dir=lambda wildcards, output: Path(output[0]).parent,
     threads: 1
@@ -70,7 +71,7 @@ rule reproduction_report:
         "logs/reproduction_report.log",
     params:
         dpbench=DPBENCH,
-        tables=table_options(),
+        tables=table_options(failures=True),
         dp_algorithm=config["report"]["dp_algorithm"],
     threads: 1
     resources:

@@ -1,7 +1,11 @@
-"""Throughput and peak memory of one configuration per job (`dpbench bench`)."""
+"""Throughput and peak memory of one configuration per job (`dpbench bench`), run by `dpbench guard`
+(a failure on the last attempt leaves a failure record). The jobs of one comparison group form one job
+group, run one after the other (common.smk, "comparison groups")."""
 
 
 rule bench:
+    input:
+        previous=bench_previous,
     output:
         json=BENCH,
     log:
@@ -9,14 +13,17 @@ rule bench:
     params:
         dpbench=DPBENCH,
         options=bench_options,
+        record=bench_record,
+    group:
+        bench_group
+    retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=stage_resources("bench")["runtime"],
-        mem_mb=stage_resources("bench")["mem_mb"],
+        **attempt_resources("bench"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} bench {params.options}"
-        " --threads {threads} --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("bench") +
+        " bench {params.options} --threads {threads} --out {output.json} > {log} 2>&1"

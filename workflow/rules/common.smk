@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shlex
 import sys
 from itertools import product
@@ -13,6 +14,8 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 validate(config, schema="../schemas/config.schema.yaml")
 
 REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO))  # dpbench.failures: the format of failure records, read below
+from dpbench.failures import is_failure_file
 
 
 def _check_unique(names, what):
@@ -29,6 +32,7 @@ _check_unique([r["name"] for r in config["train"]], "train runs")
 
 # Sweep options by name: bench sweeps and maxbatch sweeps (whose throughput-at-max runs are benches).
 SWEEPS = {s["name"]: s for s in config["bench"] + config["maxbatch"]}
+BENCH_SWEEPS = {s["name"] for s in config["bench"]}
 TRAIN_RUNS = {r["name"]: r for r in config["train"]}
 
 # Result files: one per job, the only state of the workflow.
@@ -45,7 +49,7 @@ REPORTED = str(REPO / "paper" / "reported.csv")
 wildcard_constraints:
     sweep=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    model=r"(timm:)?[A-Za-z0-9][A-Za-z0-9_.-]*",
     algorithm=r"[a-z_]+",
     image_size=r"\d+",
     batch_size=r"\d+",
@@ -80,6 +84,42 @@ if workflow.nodes is not None:
 def stage_resources(stage):
     """runtime (minutes) and mem_mb of one stage, from the config."""
     return config["resources"][stage]
+
+
+# Retries: a measuring job that fails (crash, out of time, killed, lost node) is retried up to
+# `retries` times, each attempt with the stage's runtime and mem_mb times the attempt number; the
+# last attempt writes a failure record where the result belongs (`dpbench guard`), so that the
+# tables and reports are built and list it. The next invocation reruns exactly those (see
+# `force_rerun_of_failures` below).
+RETRIES = config["retries"]
+ATTEMPTS = RETRIES + 1
+
+
+def grown(stage, key):
+    """runtime or mem_mb of the stage for an attempt: the config's value times the attempt number."""
+    base = stage_resources(stage)[key]
+    return lambda wildcards, attempt: base * attempt
+
+
+def this_attempt(wildcards, attempt):
+    """The attempt number, as a resource (resources are no rerun trigger; params would be)."""
+    return attempt
+
+
+def attempt_resources(stage):
+    """runtime and mem_mb growing with the attempt, the attempt and the number of attempts: resources,
+    so that changing `retries` or retrying reruns nothing that finished."""
+    return dict(runtime=grown(stage, "runtime"), mem_mb=grown(stage, "mem_mb"), attempt=this_attempt,
+                attempts=ATTEMPTS)
+
+
+def guarded(kind):
+    """The `dpbench guard` prefix of a measuring command (see dpbench/commands/guard.py): the
+    subcommand after it writes the result; a failure on the last attempt writes a record instead.
+    The rule has params dpbench (DPBENCH) and record (the configuration as JSON)."""
+    return (f"{{params.dpbench}} guard --kind {kind} --out {{output.json}} --config {{params.record:q}}"
+            f" --attempt {{resources.attempt}} --attempts {{resources.attempts}} --time-limit {{resources.runtime}}"
+            f" --log {{log}} --")
 
 
 def fmt_epsilon(epsilon):
@@ -119,17 +159,34 @@ def maxbatch_files():
     return [MAXBATCH.format(**key) for key in maxbatch_keys()]
 
 
+def max_batch_size(key):
+    """The maximum batch size a finished maxbatch search found (0 for none, or for a failure record);
+    asking makes the caller wait for that checkpoint."""
+    with open(checkpoints.maxbatch.get(**key).output.json) as fh:
+        result = json.load(fh)
+    return result.get("max_batch_size") or 0
+
+
 def bench_at_max_files(wildcards):
     """The throughput runs at each maximum batch size found; known once the maxbatch checkpoints ran."""
     files = []
     for key in maxbatch_keys():
-        if not SWEEPS[key["sweep"]]["throughput"]:
-            continue
-        result = checkpoints.maxbatch.get(**key).output.json
-        with open(result) as fh:
-            batch_size = json.load(fh)["max_batch_size"]
-        if batch_size > 0:
-            files.append(BENCH.format(batch_size=batch_size, **key))
+        if SWEEPS[key["sweep"]]["throughput"]:
+            batch_size = max_batch_size(key)
+            if batch_size > 0:
+                files.append(BENCH.format(batch_size=batch_size, **key))
+    return files
+
+
+def at_max_files_so_far():
+    """The throughput runs at the maximum batch sizes of the searches finished so far (read at parse time)."""
+    files = []
+    for key in maxbatch_keys():
+        path = Path(MAXBATCH.format(**key))
+        if SWEEPS[key["sweep"]]["throughput"] and path.exists() and not is_failure_file(path):
+            batch_size = json.loads(path.read_text()).get("max_batch_size") or 0
+            if batch_size > 0:
+                files.append(BENCH.format(batch_size=batch_size, **key))
     return files
 
 
@@ -157,18 +214,28 @@ def device_options():
     return f"--device {config['device']} --seed {config['seed']}"
 
 
+def budget_option(sweep, throughput_at_max=False):
+    """--memory-budget of a sweep's jobs. The throughput runs at a maximum batch size keep their search's
+    budget on CUDA, where the allocator's cap is exact; on the CPU the resident set varies by a few MB
+    from run to run and would turn the batch size that fitted into a spurious out-of-memory result."""
+    budget = sweep.get("memory_budget")
+    if throughput_at_max and not config["device"].startswith("cuda"):
+        budget = None
+    return "" if budget is None else f" --memory-budget {shlex.quote(str(budget))}"
+
+
 def bench_options(wildcards):
     sweep = SWEEPS[wildcards.sweep]
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
-            f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']} --steps {sweep['steps']}"
-            f" --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
+            f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']}"
+            f"{budget_option(sweep, throughput_at_max=wildcards.sweep not in BENCH_SWEEPS)}"
+            f" --steps {sweep['steps']} --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
 
 
 def maxbatch_options(wildcards):
     sweep = SWEEPS[wildcards.sweep]
-    budget = "" if sweep["memory_budget"] is None else f" --memory-budget {shlex.quote(str(sweep['memory_budget']))}"
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
-            f" --num-classes {sweep['num_classes']}{budget} --start {sweep['start']} --limit {sweep['limit']}"
+            f" --num-classes {sweep['num_classes']}{budget_option(sweep)} --start {sweep['start']} --limit {sweep['limit']}"
             f" --tolerance {sweep['tolerance']} --dtype {config['dtype']} {device_options()}")
 
 
@@ -210,9 +277,11 @@ def table_path(name, ext):
 
 
 def table_names():
-    """Every CSV table of this config (complexity_layers has no Markdown version: it is long)."""
+    """Every CSV table of this config (complexity_layers has no Markdown version: it is long); failures
+    lists the configurations left with a failure record, whenever anything is measured."""
     names = [n for stage in active_stages() for n in TABLE_NAMES[stage]]
-    return names + (["complexity_layers"] if config["complexity"] else [])
+    measured = any(config[stage] for stage in ("bench", "maxbatch", "train"))
+    return names + (["complexity_layers"] if config["complexity"] else []) + (["failures"] if measured else [])
 
 
 def table_files(ext):
@@ -235,9 +304,121 @@ def figure_files(ext):
     return [f"{FIGURES}/{n}.{ext}" for stage in active_stages() for n in FIGURE_NAMES[stage]]
 
 
-def table_options():
-    """The `--<table> FILE` options of the figures and report commands: the tables this config produces."""
+def table_options(failures=False):
+    """The `--<table> FILE` options of the figures and report commands: the tables this config produces
+    (with failures: also the failed configurations, for the report)."""
     stage_of = {"throughput_memory": "bench", "maxbatch": "maxbatch", "accuracy": "train",
                 "complexity_layers": "complexity"}
-    return " ".join(f"--{name.replace('_', '-')} {table_path(name, 'csv')}"
-                    for name, stage in stage_of.items() if config[stage])
+    names = [name for name, stage in stage_of.items() if config[stage]]
+    names += ["failures"] if failures and "failures" in table_names() else []
+    return " ".join(f"--{name.replace('_', '-')} {table_path(name, 'csv')}" for name in names)
+
+
+# ---------------------------------------------------------------- comparison groups
+# One job group (on SLURM: one job, one GPU) per comparison group: a bench sweep's (model, image size,
+# batch size), a maxbatch sweep's (model, image size) for its searches and again for its throughput
+# runs at the maximum batch sizes. Inside a group the algorithms run one after the other, each in its
+# own process, chained by an `ancient` input on the previous one's result (the group is one connected
+# piece of the DAG, so Snakemake needs no --group-components; `ancient` keeps a rerun of one result
+# from rerunning the rest). The order alternates between consecutive groups of a sweep (forwards,
+# backwards, ...), so that a drift of the node over a group's run cancels across groups.
+
+
+def group_position(sweep, *key):
+    """Index of the (model, image size[, batch size]) key among the sweep's groups."""
+    lists = [sweep["models"], sweep["image_sizes"]] + ([sweep["batch_sizes"]] if len(key) == 3 else [])
+    return list(product(*lists)).index(key)
+
+
+def algorithm_order(sweep, position):
+    """The order of the sweep's algorithms in its group number `position`: forwards, backwards, ..."""
+    algorithms = list(sweep["algorithms"])
+    return algorithms if position % 2 == 0 else algorithms[::-1]
+
+
+def _previous(order, algorithm):
+    return order[: order.index(algorithm)][::-1]
+
+
+def bench_group(wildcards):
+    if wildcards.sweep in BENCH_SWEEPS:
+        return f"bench.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}.b{wildcards.batch_size}"
+    return f"at_max.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}"
+
+
+def maxbatch_group(wildcards):
+    return f"maxbatch.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}"
+
+
+def bench_previous(wildcards):
+    """The result measured just before this one in its group (none for the first)."""
+    sweep = SWEEPS[wildcards.sweep]
+    size = int(wildcards.image_size)
+    if wildcards.sweep in BENCH_SWEEPS:
+        order = algorithm_order(sweep, group_position(sweep, wildcards.model, size, int(wildcards.batch_size)))
+        before = _previous(order, wildcards.algorithm)
+        return [ancient(BENCH.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+    # a throughput run at a maximum batch size: after the nearest earlier algorithm that has one
+    order = algorithm_order(sweep, group_position(sweep, wildcards.model, size))
+    for algorithm in _previous(order, wildcards.algorithm):
+        batch_size = max_batch_size(dict(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
+                                         algorithm=algorithm))
+        if batch_size:
+            return [ancient(BENCH.format(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
+                                         batch_size=batch_size, algorithm=algorithm))]
+    return []
+
+
+def maxbatch_previous(wildcards):
+    """The search run just before this one in its group (none for the first)."""
+    sweep = SWEEPS[wildcards.sweep]
+    order = algorithm_order(sweep, group_position(sweep, wildcards.model, int(wildcards.image_size)))
+    before = _previous(order, wildcards.algorithm)
+    return [ancient(MAXBATCH.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+
+
+# ---------------------------------------------------------------- what a failure record names
+
+
+def measured_config(wildcards, extra=None):
+    """The configuration of a measuring job as JSON, copied into its failure record."""
+    extra = extra or {}
+    numbers = {"image_size", "batch_size"}
+    fields = {k: int(v) if k in numbers else v for k, v in dict(wildcards).items()}
+    return json.dumps({**fields, **extra, "device": config["device"], "dtype": config["dtype"],
+                       "seed": config["seed"]})
+
+
+def bench_record(wildcards):
+    sweep = SWEEPS[wildcards.sweep]
+    return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep.get("memory_budget")})
+
+
+def maxbatch_record(wildcards):
+    sweep = SWEEPS[wildcards.sweep]
+    return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep["memory_budget"]})
+
+
+def train_record(wildcards):
+    return measured_config(wildcards, {"model": TRAIN_RUNS[wildcards.run]["model"],
+                                       "dataset": TRAIN_RUNS[wildcards.run]["dataset"]})
+
+
+def profile_record(wildcards):
+    return measured_config(wildcards)
+
+
+# ---------------------------------------------------------------- rerunning failures
+
+
+def force_rerun_of_failures(wildcards=None):
+    """Every result of this config that is a failure record is rerun, as with `-R FILE`, so that the
+    next invocation of the same command redoes exactly the failed configurations (and the missing ones,
+    which Snakemake redoes anyway). An input function of rules all and tables that adds no input: it
+    runs while Snakemake builds its DAG, whose forced files it extends (the command line's -R is not
+    known yet when the Snakefile is read). Only in the main Snakemake process, not inside a cluster job."""
+    dag = workflow.dag
+    if workflow.is_main_process and dag is not None:
+        candidates = bench_files() + maxbatch_files() + train_files() + profile_files() + at_max_files_so_far()
+        dag.forcefiles.update(path for path in candidates if is_failure_file(path))
+    return []

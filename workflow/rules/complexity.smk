@@ -1,4 +1,13 @@
-"""Analytic per-layer time and space of every algorithm for one model and input size (`dpbench complexity`)."""
+"""Analytic per-layer time and space of every algorithm for one model and input size (`dpbench complexity`).
+CPU only and seconds long: on a cluster it runs where Snakemake runs, or, when the user names a CPU
+partition (DPBENCH_SLURM_CPU_PARTITION, see slurm/config.yaml), as a CPU job there; never on a GPU node."""
+
+CPU_PARTITION = os.environ.get("DPBENCH_SLURM_CPU_PARTITION")
+
+if not CPU_PARTITION:
+
+    localrules:
+        complexity,
 
 
 rule complexity:
@@ -13,6 +22,7 @@ rule complexity:
     resources:
         runtime=stage_resources("complexity")["runtime"],
         mem_mb=stage_resources("complexity")["mem_mb"],
+        **({"slurm_partition": CPU_PARTITION, "gpu": 0} if CPU_PARTITION else {}),
     conda:
         CONDA_ENV
     shell:

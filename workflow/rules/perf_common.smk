@@ -31,6 +31,20 @@ def profile_files():
                    for _, m, i, b, a in profile_entries()})
 
 
+def profile_group(wildcards):
+    return f"profile.{wildcards.model}.s{wildcards.image_size}.b{wildcards.batch_size}"
+
+
+def profile_previous(wildcards):
+    """The profile run just before this one in its group (the first entry naming this configuration
+    gives the algorithms' order; groups alternate as in common.smk)."""
+    entry = next(profile_entries(wildcards))[0]
+    key = (wildcards.model, int(wildcards.image_size), int(wildcards.batch_size))
+    order = algorithm_order(entry, group_position(entry, *key))
+    before = _previous(order, wildcards.algorithm)
+    return [ancient(PROFILE.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+
+
 def profile_options(wildcards):
     entry = next(profile_entries(wildcards))[0]
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"

@@ -3,6 +3,8 @@ region by region and operator by operator (the profiler section of paper/perform
 
 
 rule profile:
+    input:
+        previous=profile_previous,
     output:
         json=PROFILE,
     log:
@@ -10,14 +12,17 @@ rule profile:
     params:
         dpbench=DPBENCH,
         options=profile_options,
+        record=profile_record,
+    group:
+        profile_group
+    retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=stage_resources("bench")["runtime"],
-        mem_mb=stage_resources("bench")["mem_mb"],
+        **attempt_resources("bench"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} profile {params.options}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("profile") + " profile {params.options}"
         " --threads {threads} --out {output.json} > {log} 2>&1"

@@ -1,4 +1,5 @@
-"""DP training of one model with one algorithm to one target epsilon (`dpbench train`)."""
+"""DP training of one model with one algorithm to one target epsilon (`dpbench train`, run by
+`dpbench guard`); a retried attempt resumes from the checkpoint."""
 
 
 rule train:
@@ -10,14 +11,15 @@ rule train:
         dpbench=DPBENCH,
         options=train_options,
         checkpoint=train_checkpoint,
+        record=train_record,
+    retries: RETRIES
     threads: config["threads"]
     resources:
-        runtime=stage_resources("train")["runtime"],
-        mem_mb=stage_resources("train")["mem_mb"],
+        **attempt_resources("train"),
         gpu=GPUS,
         device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.dpbench} train {params.options}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("train") + " train {params.options}"
         " --threads {threads} --checkpoint {params.checkpoint} --resume --out {output.json} > {log} 2>&1"
