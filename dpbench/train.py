@@ -313,8 +313,59 @@ def train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = Non
 
 
 def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> dict:
-    from tqdm import tqdm
+    run = _prepare(config)
+    _resume(run)
+    meter = _EpsilonMeter(run.ledger)
+    run.model.train()
+    for epoch in range(run.epoch, config.epochs):
+        record = _train_epoch(run, epoch, meter)
+        _save_checkpoint(config.checkpoint_path(), _checkpoint_state(run))
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    run.engine.detach()
+    result = _result(config, run.data, run.device, run.sigma, run.sampling_rate, run.steps, run.total_steps,
+                     meter.spent(), run.history, run.wall_time_s(), run.resumes)
+    write_json_atomic(config.out, result)
+    return result
 
+
+@dataclass
+class _Run:
+    """What a run builds before its first step, and how far it has got (saved in every checkpoint)."""
+
+    config: TrainConfig
+    device: torch.device
+    data: TrainingData
+    sigma: float | None
+    sampling_rate: float
+    total_steps: int
+    ledger: PrivacyLedger | None
+    model: nn.Module
+    engine: PrivacyEngine
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampling_generator: torch.Generator
+    noise_generator: torch.Generator
+    started: float
+    epoch: int = 0
+    steps: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    earlier_wall_time: float = 0.0
+    resumes: int = 0
+
+    def wall_time_s(self) -> float:
+        """Wall time of the run so far, over all its resumptions."""
+        return self.earlier_wall_time + time.perf_counter() - self.started
+
+    def autocast(self):
+        """The forward pass's autocast context (bf16 on CUDA) or a no-op."""
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _prepare(config: TrainConfig) -> _Run:
+    """Data, the noise multiplier for the target ε, the model, the engine and the optimizer of a fresh run."""
     from dpbench.models import create_model
 
     device = resolve_device(config.device)
@@ -323,8 +374,7 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     n_train = len(data.train)
     if config.batch_size > n_train:
         raise DpbenchError(f"--batch-size {config.batch_size} exceeds the {n_train} training examples of {data.name}")
-    epoch_steps = steps_per_epoch(n_train, config.batch_size)
-    total_steps = config.epochs * epoch_steps
+    total_steps = config.epochs * steps_per_epoch(n_train, config.batch_size)
     sampling_rate = config.batch_size / n_train
     sigma = config.noise_multiplier
     if config.private and config.epsilon is not None:
@@ -340,82 +390,104 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
                            noise_multiplier=sigma or 0.0, generator=noise_generator)
     optimizer = _optimizer(config, model)
-    scheduler = _scheduler(config, optimizer, total_steps)
+    return _Run(config=config, device=device, data=data, sigma=sigma, sampling_rate=sampling_rate,
+                total_steps=total_steps, ledger=ledger, model=model, engine=engine, optimizer=optimizer,
+                scheduler=_scheduler(config, optimizer, total_steps), sampling_generator=sampling_generator,
+                noise_generator=noise_generator, started=started)
 
-    start_epoch, steps, history, earlier_wall_time, resumes = 0, 0, [], 0.0, 0
-    checkpoint = _load_checkpoint(config)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        _restore_rng_states(checkpoint["rng"], sampling_generator, noise_generator)
-        if ledger is not None:
-            ledger.load_state_dict(checkpoint["ledger"])
-        start_epoch, steps, history = checkpoint["epoch"], checkpoint["steps"], checkpoint["history"]
-        earlier_wall_time, resumes = checkpoint["wall_time_s"], checkpoint["resumes"] + 1
 
-    def autocast():
-        if config.precision == "bf16":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+def _resume(run: _Run) -> None:
+    """Restore parameters, optimizer, schedule, generators, ledger and progress from the checkpoint, if any."""
+    checkpoint = _load_checkpoint(run.config)
+    if checkpoint is None:
+        return
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    _restore_rng_states(checkpoint["rng"], run.sampling_generator, run.noise_generator)
+    if run.ledger is not None:
+        run.ledger.load_state_dict(checkpoint["ledger"])
+    run.epoch, run.steps, run.history = checkpoint["epoch"], checkpoint["steps"], checkpoint["history"]
+    run.earlier_wall_time, run.resumes = checkpoint["wall_time_s"], checkpoint["resumes"] + 1
 
-    def spent() -> float:
-        return ledger.epsilon() if ledger is not None else math.inf
 
-    eps_refreshed = time.perf_counter()
-    eps_shown = spent()
-    eps_cost = time.perf_counter() - eps_refreshed
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        epoch_started = time.perf_counter()
-        stats = _EpochStats()
-        plan = [physical_batches(logical, config.physical_batch_size)
-                for logical in epoch_plan(n_train, config.batch_size, config.sampling, sampling_generator)]
-        stream = physical_stream(data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
-                                 pin_memory=device.type == "cuda")
-        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
-                   dynamic_ncols=True, mininterval=PROGRESS_INTERVAL_S if sys.stderr.isatty() else LOG_INTERVAL_S)
-        for position, chunks in enumerate(bar):
-            for _ in chunks:
-                x, y = next(stream)
-                _accumulate(model, engine, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                            autocast, stats)
-            _noisy_update(engine, optimizer, scheduler, config.batch_size)
-            steps += 1
-            if ledger is not None:
-                ledger.step()
-            if position == len(plan) - 1 or time.perf_counter() - eps_refreshed > EPS_REFRESH_FACTOR * eps_cost:
-                eps_refreshed = time.perf_counter()
-                eps_shown = spent()
-                eps_cost = time.perf_counter() - eps_refreshed
-            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}",
-                            refresh=False)  # shown at the bar's own interval
-        bar.close()
-        test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, device, autocast)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        record = {"epoch": epoch + 1, "steps": steps, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
-                  "test_loss": test_loss, "test_accuracy": test_accuracy, "epsilon": _json_epsilon(spent()),
-                  "epoch_time_s": time.perf_counter() - epoch_started}
-        history.append(record)
-        privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
-        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, test accuracy "
-                   f"{test_accuracy:.4f}, {privacy}, {record['epoch_time_s']:.1f} s")
-        _save_checkpoint(config.checkpoint_path(), {
-            "version": CHECKPOINT_VERSION, "identity": _identity(config), "epoch": epoch + 1, "steps": steps,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_states(sampling_generator, noise_generator),
-            "ledger": ledger.state_dict() if ledger is not None else None, "history": history,
-            "wall_time_s": earlier_wall_time + time.perf_counter() - started, "resumes": resumes,
-            "noise_multiplier": sigma})
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    engine.detach()
+def _checkpoint_state(run: _Run) -> dict:
+    """Everything `_resume` needs to continue the run exactly."""
+    return {"version": CHECKPOINT_VERSION, "identity": _identity(run.config), "epoch": run.epoch,
+            "steps": run.steps, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "rng": _rng_states(run.sampling_generator, run.noise_generator),
+            "ledger": run.ledger.state_dict() if run.ledger is not None else None, "history": run.history,
+            "wall_time_s": run.wall_time_s(), "resumes": run.resumes, "noise_multiplier": run.sigma}
 
-    result = _result(config, data, device, sigma, sampling_rate, steps, total_steps, spent(), history,
-                     earlier_wall_time + time.perf_counter() - started, resumes)
-    write_json_atomic(config.out, result)
-    return result
+
+class _EpsilonMeter:
+    """ε spent so far, re-evaluated for the progress bar only every EPS_REFRESH_FACTOR x its own cost."""
+
+    def __init__(self, ledger: PrivacyLedger | None):
+        self.ledger = ledger
+        self.refreshed = time.perf_counter()
+        self.shown = self.spent()
+        self.cost = time.perf_counter() - self.refreshed
+
+    def spent(self) -> float:
+        """ε spent now (∞ for a non-private run)."""
+        return self.ledger.epsilon() if self.ledger is not None else math.inf
+
+    def refresh(self, force: bool = False) -> float:
+        """The ε to show: recomputed if forced or if enough time has passed since the last evaluation."""
+        if force or time.perf_counter() - self.refreshed > EPS_REFRESH_FACTOR * self.cost:
+            self.refreshed = time.perf_counter()
+            self.shown = self.spent()
+            self.cost = time.perf_counter() - self.refreshed
+        return self.shown
+
+
+def _train_epoch(run: _Run, epoch: int, meter: _EpsilonMeter) -> dict:
+    """One epoch of noisy steps, then the test-set evaluation; returns the epoch's record (also in history)."""
+    from tqdm import tqdm
+
+    config = run.config
+    epoch_started = time.perf_counter()
+    stats = _EpochStats()
+    plan = [physical_batches(logical, config.physical_batch_size)
+            for logical in epoch_plan(len(run.data.train), config.batch_size, config.sampling, run.sampling_generator)]
+    stream = physical_stream(run.data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
+                             pin_memory=run.device.type == "cuda")
+    bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
+               dynamic_ncols=True, mininterval=PROGRESS_INTERVAL_S if sys.stderr.isatty() else LOG_INTERVAL_S)
+    for position, chunks in enumerate(bar):
+        for _ in chunks:
+            x, y = next(stream)
+            _accumulate(run.model, run.engine, x.to(run.device, non_blocking=True),
+                        y.to(run.device, non_blocking=True), run.autocast, stats)
+        _noisy_update(run.engine, run.optimizer, run.scheduler, config.batch_size)
+        run.steps += 1
+        if run.ledger is not None:
+            run.ledger.step()
+        eps_shown = meter.refresh(force=position == len(plan) - 1)
+        bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}",
+                        refresh=False)  # shown at the bar's own interval
+    bar.close()
+    return _end_epoch(run, epoch, stats, epoch_started, meter)
+
+
+def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, epoch_started: float, meter: _EpsilonMeter) -> dict:
+    """Evaluate on the test set, append the epoch's record to the history and print one line."""
+    from tqdm import tqdm
+
+    config = run.config
+    test_loss, test_accuracy = evaluate(run.model, run.data.test, config.eval_batch_size, run.device, run.autocast)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    record = {"epoch": epoch + 1, "steps": run.steps, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+              "test_loss": test_loss, "test_accuracy": test_accuracy, "epsilon": _json_epsilon(meter.spent()),
+              "epoch_time_s": time.perf_counter() - epoch_started}
+    run.history.append(record)
+    run.epoch = epoch + 1
+    privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
+    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, test accuracy "
+               f"{test_accuracy:.4f}, {privacy}, {record['epoch_time_s']:.1f} s")
+    return record
 
 
 def _json_epsilon(value: float) -> float | None:
