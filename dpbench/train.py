@@ -27,9 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
-from dpbench.accounting import ACCOUNTANTS, PrivacyLedger, noise_multiplier_for
+from dpbench.accounting import ACCOUNTANTS, PrivacyLedger, epsilons, noise_multiplier_for
 from dpbench.clipping import ALGORITHMS, PrivacyEngine
 from dpbench.errors import DpbenchError
+from dpbench.finetune import freeze_parameters, load_weights_file
 from dpbench.results import environment, write_json_atomic
 from dpbench.sampling import SAMPLING_METHODS, epoch_plan, physical_batches, steps_per_epoch
 
@@ -69,6 +70,12 @@ class TrainConfig:
     image_size: int | None = None
     pretrained: bool = False
     allow_random_init: bool = False
+    pretrained_file: str | None = None
+    freeze: list[str] | None = None
+    train_only: list[str] | None = None
+    train_range: str | None = None
+    validation_size: int | None = None
+    split_seed: int = 0
     train_size: int | None = None
     data_dir: str | None = None
     download: bool = False
@@ -88,7 +95,8 @@ class TrainConfig:
         for name, allowed in [("accountant", ACCOUNTANTS), ("sampling", SAMPLING_METHODS),
                               ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)]:
             _choice(name, getattr(self, name), allowed)
-        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size", "train_size", "threads"]:
+        for name in ["epochs", "batch_size", "physical_batch_size", "eval_batch_size", "train_size", "threads",
+                     "validation_size"]:
             if getattr(self, name) is not None and not getattr(self, name) >= 1:
                 raise DpbenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ["lr", "max_grad_norm"]:
@@ -106,6 +114,10 @@ class TrainConfig:
         elif (self.epsilon is None) == (self.noise_multiplier is None):
             raise DpbenchError(f"--algorithm {self.algorithm} needs exactly one of --epsilon (target) "
                                f"or --noise-multiplier")
+        if self.pretrained and self.pretrained_file:
+            raise DpbenchError("--pretrained (timm's weights) and --pretrained-file exclude each other")
+        if self.train_range is not None:
+            parse_range(self.train_range)
         if self.epsilon is not None and not self.epsilon > 0:
             raise DpbenchError(f"--epsilon must be > 0, got {self.epsilon}")
         if self.noise_multiplier is not None and not self.noise_multiplier > 0:
@@ -123,6 +135,17 @@ class TrainConfig:
     def checkpoint_path(self) -> Path:
         """The checkpoint file: --checkpoint, or the result path with the suffix .ckpt.pt."""
         return Path(self.checkpoint) if self.checkpoint else Path(self.out).with_suffix(".ckpt.pt")
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """'START:STOP' -> (START, STOP) with 0 <= START < STOP; a DpbenchError otherwise."""
+    try:
+        start, stop = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise DpbenchError(f"--train-range {text!r} must be START:STOP, e.g. 0:30000") from None
+    if not 0 <= start < stop:
+        raise DpbenchError(f"--train-range {text!r} needs 0 <= START < STOP")
+    return start, stop
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -145,12 +168,14 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class TrainingData:
-    """The train and test sets of a run, and what the model must accept."""
+    """The train, validation (held out from the training data; None without --validation-size) and test
+    sets of a run, and what the model must accept."""
 
     name: str
     description: str
     info: dict
     train: Dataset
+    validation: Dataset | None
     test: Dataset
     num_classes: int
     in_channels: int
@@ -313,8 +338,60 @@ def train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = Non
 
 
 def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> dict:
-    from tqdm import tqdm
+    run = _prepare(config)
+    _resume(run)
+    meter = _EpsilonMeter(run.ledger)
+    run.model.train()
+    for epoch in range(run.epoch, config.epochs):
+        record = _train_epoch(run, epoch, meter)
+        _save_checkpoint(config.checkpoint_path(), _checkpoint_state(run))
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    run.engine.detach()
+    result = _result(run, meter.spent())
+    write_json_atomic(config.out, result)
+    return result
 
+
+@dataclass
+class _Run:
+    """What a run builds before its first step, and how far it has got (saved in every checkpoint)."""
+
+    config: TrainConfig
+    device: torch.device
+    data: TrainingData
+    sigma: float | None
+    sampling_rate: float
+    total_steps: int
+    ledger: PrivacyLedger | None
+    model: nn.Module
+    frozen: list[str]
+    engine: PrivacyEngine
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampling_generator: torch.Generator
+    noise_generator: torch.Generator
+    started: float
+    epoch: int = 0
+    steps: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    earlier_wall_time: float = 0.0
+    resumes: int = 0
+
+    def wall_time_s(self) -> float:
+        """Wall time of the run so far, over all its resumptions."""
+        return self.earlier_wall_time + time.perf_counter() - self.started
+
+    def autocast(self):
+        """The forward pass's autocast context (bf16 on CUDA) or a no-op."""
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _prepare(config: TrainConfig) -> _Run:
+    """Data, the noise multiplier for the target ε, the model (its weights, what is frozen), the engine and
+    the optimizer of a fresh run."""
     from dpbench.models import create_model
 
     device = resolve_device(config.device)
@@ -323,8 +400,7 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     n_train = len(data.train)
     if config.batch_size > n_train:
         raise DpbenchError(f"--batch-size {config.batch_size} exceeds the {n_train} training examples of {data.name}")
-    epoch_steps = steps_per_epoch(n_train, config.batch_size)
-    total_steps = config.epochs * epoch_steps
+    total_steps = config.epochs * steps_per_epoch(n_train, config.batch_size)
     sampling_rate = config.batch_size / n_train
     sigma = config.noise_multiplier
     if config.private and config.epsilon is not None:
@@ -335,87 +411,121 @@ def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> 
     model = create_model(config.model, num_classes=data.num_classes, image_size=data.image_size,
                          in_channels=data.in_channels, pretrained=config.pretrained,
                          allow_random_init=config.allow_random_init).to(device)
+    if config.pretrained_file:
+        load_weights_file(model, config.pretrained_file)
+    frozen = freeze_parameters(model, config.freeze, config.train_only)
     sampling_generator = torch.Generator().manual_seed(config.seed)
     noise_generator = torch.Generator(device).manual_seed(config.seed + 1)
     engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
                            noise_multiplier=sigma or 0.0, generator=noise_generator)
     optimizer = _optimizer(config, model)
-    scheduler = _scheduler(config, optimizer, total_steps)
+    return _Run(config=config, device=device, data=data, sigma=sigma, sampling_rate=sampling_rate,
+                total_steps=total_steps, ledger=ledger, model=model, frozen=frozen, engine=engine, optimizer=optimizer,
+                scheduler=_scheduler(config, optimizer, total_steps), sampling_generator=sampling_generator,
+                noise_generator=noise_generator, started=started)
 
-    start_epoch, steps, history, earlier_wall_time, resumes = 0, 0, [], 0.0, 0
-    checkpoint = _load_checkpoint(config)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        _restore_rng_states(checkpoint["rng"], sampling_generator, noise_generator)
-        if ledger is not None:
-            ledger.load_state_dict(checkpoint["ledger"])
-        start_epoch, steps, history = checkpoint["epoch"], checkpoint["steps"], checkpoint["history"]
-        earlier_wall_time, resumes = checkpoint["wall_time_s"], checkpoint["resumes"] + 1
 
-    def autocast():
-        if config.precision == "bf16":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+def _resume(run: _Run) -> None:
+    """Restore parameters, optimizer, schedule, generators, ledger and progress from the checkpoint, if any."""
+    checkpoint = _load_checkpoint(run.config)
+    if checkpoint is None:
+        return
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    _restore_rng_states(checkpoint["rng"], run.sampling_generator, run.noise_generator)
+    if run.ledger is not None:
+        run.ledger.load_state_dict(checkpoint["ledger"])
+    run.epoch, run.steps, run.history = checkpoint["epoch"], checkpoint["steps"], checkpoint["history"]
+    run.earlier_wall_time, run.resumes = checkpoint["wall_time_s"], checkpoint["resumes"] + 1
 
-    def spent() -> float:
-        return ledger.epsilon() if ledger is not None else math.inf
 
-    eps_refreshed = time.perf_counter()
-    eps_shown = spent()
-    eps_cost = time.perf_counter() - eps_refreshed
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        epoch_started = time.perf_counter()
-        stats = _EpochStats()
-        plan = [physical_batches(logical, config.physical_batch_size)
-                for logical in epoch_plan(n_train, config.batch_size, config.sampling, sampling_generator)]
-        stream = physical_stream(data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
-                                 pin_memory=device.type == "cuda")
-        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
-                   dynamic_ncols=True, mininterval=PROGRESS_INTERVAL_S if sys.stderr.isatty() else LOG_INTERVAL_S)
-        for position, chunks in enumerate(bar):
-            for _ in chunks:
-                x, y = next(stream)
-                _accumulate(model, engine, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                            autocast, stats)
-            _noisy_update(engine, optimizer, scheduler, config.batch_size)
-            steps += 1
-            if ledger is not None:
-                ledger.step()
-            if position == len(plan) - 1 or time.perf_counter() - eps_refreshed > EPS_REFRESH_FACTOR * eps_cost:
-                eps_refreshed = time.perf_counter()
-                eps_shown = spent()
-                eps_cost = time.perf_counter() - eps_refreshed
-            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}",
-                            refresh=False)  # shown at the bar's own interval
-        bar.close()
-        test_loss, test_accuracy = evaluate(model, data.test, config.eval_batch_size, device, autocast)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        record = {"epoch": epoch + 1, "steps": steps, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
-                  "test_loss": test_loss, "test_accuracy": test_accuracy, "epsilon": _json_epsilon(spent()),
-                  "epoch_time_s": time.perf_counter() - epoch_started}
-        history.append(record)
-        privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
-        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, test accuracy "
-                   f"{test_accuracy:.4f}, {privacy}, {record['epoch_time_s']:.1f} s")
-        _save_checkpoint(config.checkpoint_path(), {
-            "version": CHECKPOINT_VERSION, "identity": _identity(config), "epoch": epoch + 1, "steps": steps,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_states(sampling_generator, noise_generator),
-            "ledger": ledger.state_dict() if ledger is not None else None, "history": history,
-            "wall_time_s": earlier_wall_time + time.perf_counter() - started, "resumes": resumes,
-            "noise_multiplier": sigma})
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    engine.detach()
+def _checkpoint_state(run: _Run) -> dict:
+    """Everything `_resume` needs to continue the run exactly."""
+    return {"version": CHECKPOINT_VERSION, "identity": _identity(run.config), "epoch": run.epoch,
+            "steps": run.steps, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "rng": _rng_states(run.sampling_generator, run.noise_generator),
+            "ledger": run.ledger.state_dict() if run.ledger is not None else None, "history": run.history,
+            "wall_time_s": run.wall_time_s(), "resumes": run.resumes, "noise_multiplier": run.sigma}
 
-    result = _result(config, data, device, sigma, sampling_rate, steps, total_steps, spent(), history,
-                     earlier_wall_time + time.perf_counter() - started, resumes)
-    write_json_atomic(config.out, result)
-    return result
+
+class _EpsilonMeter:
+    """ε spent so far, re-evaluated for the progress bar only every EPS_REFRESH_FACTOR x its own cost."""
+
+    def __init__(self, ledger: PrivacyLedger | None):
+        self.ledger = ledger
+        self.refreshed = time.perf_counter()
+        self.shown = self.spent()
+        self.cost = time.perf_counter() - self.refreshed
+
+    def spent(self) -> float:
+        """ε spent now (∞ for a non-private run)."""
+        return self.ledger.epsilon() if self.ledger is not None else math.inf
+
+    def refresh(self, force: bool = False) -> float:
+        """The ε to show: recomputed if forced or if enough time has passed since the last evaluation."""
+        if force or time.perf_counter() - self.refreshed > EPS_REFRESH_FACTOR * self.cost:
+            self.refreshed = time.perf_counter()
+            self.shown = self.spent()
+            self.cost = time.perf_counter() - self.refreshed
+        return self.shown
+
+
+def _train_epoch(run: _Run, epoch: int, meter: _EpsilonMeter) -> dict:
+    """One epoch of noisy steps, then the test-set evaluation; returns the epoch's record (also in history)."""
+    from tqdm import tqdm
+
+    config = run.config
+    epoch_started = time.perf_counter()
+    stats = _EpochStats()
+    plan = [physical_batches(logical, config.physical_batch_size)
+            for logical in epoch_plan(len(run.data.train), config.batch_size, config.sampling, run.sampling_generator)]
+    stream = physical_stream(run.data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
+                             pin_memory=run.device.type == "cuda")
+    bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
+               dynamic_ncols=True, mininterval=PROGRESS_INTERVAL_S if sys.stderr.isatty() else LOG_INTERVAL_S)
+    for position, chunks in enumerate(bar):
+        for _ in chunks:
+            x, y = next(stream)
+            _accumulate(run.model, run.engine, x.to(run.device, non_blocking=True),
+                        y.to(run.device, non_blocking=True), run.autocast, stats)
+        _noisy_update(run.engine, run.optimizer, run.scheduler, config.batch_size)
+        run.steps += 1
+        if run.ledger is not None:
+            run.ledger.step()
+        eps_shown = meter.refresh(force=position == len(plan) - 1)
+        bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}",
+                        refresh=False)  # shown at the bar's own interval
+    bar.close()
+    return _end_epoch(run, epoch, stats, epoch_started, meter)
+
+
+def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, epoch_started: float, meter: _EpsilonMeter) -> dict:
+    """Evaluate on the validation and test sets, append the epoch's record to the history, print one line.
+
+    epoch_time_s is the training time of the epoch alone; eval_time_s that of the evaluations."""
+    from tqdm import tqdm
+
+    config = run.config
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    epoch_time = time.perf_counter() - epoch_started
+    record = {"epoch": epoch + 1, "steps": run.steps, "train_loss": stats.loss, "train_accuracy": stats.accuracy}
+    if run.data.validation is not None:
+        record["validation_loss"], record["validation_accuracy"] = evaluate(
+            run.model, run.data.validation, config.eval_batch_size, run.device, run.autocast)
+    record["test_loss"], record["test_accuracy"] = evaluate(run.model, run.data.test, config.eval_batch_size,
+                                                            run.device, run.autocast)
+    record.update(epsilon=_json_epsilon(meter.spent()), epoch_time_s=epoch_time,
+                  eval_time_s=time.perf_counter() - epoch_started - epoch_time)
+    run.history.append(record)
+    run.epoch = epoch + 1
+    privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
+    validation = (f"validation accuracy {record['validation_accuracy']:.4f}, "
+                  if run.data.validation is not None else "")
+    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, {validation}test accuracy "
+               f"{record['test_accuracy']:.4f}, {privacy}, {epoch_time:.1f} s")
+    return record
 
 
 def _json_epsilon(value: float) -> float | None:
@@ -423,15 +533,24 @@ def _json_epsilon(value: float) -> float | None:
     return None if math.isinf(value) else value
 
 
-def _result(config: TrainConfig, data: TrainingData, device: torch.device, sigma: float | None, sampling_rate: float,
-            steps: int, total_steps: int, eps: float, history: list, wall_time_s: float, resumes: int) -> dict:
-    """The result JSON: final test accuracy (of the last epoch's model), privacy, timing, config, environment."""
+def _result(run: _Run, eps: float) -> dict:
+    """The result JSON: final test accuracy (of the last epoch's model), privacy by every accountant, what
+    trained, timing, config, environment."""
+    config, data, history = run.config, run.data, run.history
     notes = []
     if not config.private:
         notes.append("non-private training: no clipping, no noise, no privacy guarantee (epsilon = infinity)")
     if config.private and config.sampling == "shuffle":
-        notes.append("fixed-size shuffled batches: the accountant assumes Poisson sampling, so the reported "
-                     "epsilon does NOT match how batches were drawn")
+        notes.append("fixed-size shuffled batches: every accountant here assumes Poisson sampling, so the reported "
+                     "epsilon does NOT match how batches were drawn (the paper's reference code did the same)")
+    if config.private and config.accountant == "gdp":
+        notes.append("sigma calibrated with the gdp accountant (central-limit approximation, can underestimate "
+                     "epsilon); epsilon_by_accountant['prv'] is the upper bound")
+    by_accountant = None
+    if config.private and run.steps > 0:
+        by_accountant = {k: _json_epsilon(v) for k, v in
+                         epsilons(run.sigma, run.sampling_rate, run.steps, config.delta).items()}
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
     return {
         "kind": "train",
         "model": config.model,
@@ -442,46 +561,86 @@ def _result(config: TrainConfig, data: TrainingData, device: torch.device, sigma
         "private": config.private,
         "test_accuracy": history[-1]["test_accuracy"],
         "test_loss": history[-1]["test_loss"],
+        "validation_accuracy": history[-1].get("validation_accuracy"),
+        "validation_loss": history[-1].get("validation_loss"),
         "epsilon": _json_epsilon(eps),
+        "epsilon_by_accountant": by_accountant,
         "target_epsilon": config.epsilon,
         "delta": config.delta if config.private else None,
-        "noise_multiplier": sigma,
+        "noise_multiplier": run.sigma,
         "accountant": config.accountant if config.private else None,
         "sampling": config.sampling,
-        "sampling_rate": sampling_rate,
+        "sampling_rate": run.sampling_rate,
         "expected_batch_size": config.batch_size,
         "physical_batch_size": config.physical_batch_size,
         "max_grad_norm": config.max_grad_norm if config.private else None,
-        "steps": steps,
-        "planned_steps": total_steps,
+        "steps": run.steps,
+        "planned_steps": run.total_steps,
         "epochs": config.epochs,
         "train_size": len(data.train),
+        "validation_size": len(data.validation) if data.validation is not None else None,
         "test_size": len(data.test),
-        "wall_time_s": wall_time_s,
-        "resumes": resumes,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "frozen_parameters": sum(p.numel() for p in run.model.parameters() if not p.requires_grad),
+        "frozen": run.frozen,
+        "pretrained_file": config.pretrained_file,
+        "wall_time_s": run.wall_time_s(),
+        "mean_epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
+        "resumes": run.resumes,
         "notes": notes,
         "history": history,
         "config": dataclasses.asdict(config),
-        "environment": environment(device, "bfloat16" if config.precision == "bf16" else "float32", config.seed),
+        "environment": environment(run.device, "bfloat16" if config.precision == "bf16" else "float32", config.seed),
     }
 
 
 def training_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     """`size` examples of `dataset` chosen by a permutation seeded with `seed` (in-memory data stays a tensor)."""
     keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
+    return _select(dataset, keep)
+
+
+def _select(dataset: Dataset, indices: torch.Tensor) -> Dataset:
+    """The examples `indices` of `dataset` (in-memory data stays a tensor)."""
     if isinstance(dataset, TensorDataset):
-        return TensorDataset(*(tensor[keep] for tensor in dataset.tensors))
-    return Subset(dataset, keep.tolist())
+        return TensorDataset(*(tensor[indices] for tensor in dataset.tensors))
+    return Subset(dataset, indices.tolist())
+
+
+def split_validation(dataset: Dataset, size: int, split_seed: int) -> tuple[Dataset, Dataset]:
+    """(training, validation): `size` examples held out by a permutation seeded with `split_seed` alone,
+    so every --seed of a run sees the same split."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(split_seed))
+    return _select(dataset, order[size:].sort().values), _select(dataset, order[:size].sort().values)
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
-    """The run's train and test sets from `dpbench.data` ("offline" = its offline default)."""
+    """The run's train, validation and test sets from `dpbench.data` ("offline" = its offline default).
+
+    The training data is narrowed in this order: --train-range (a slice in the stored order), then
+    --validation-size (held out), then --train-size (a seeded subset of what is left).
+    """
     from dpbench.data import default_offline_dataset, load_datasets
 
     name = default_offline_dataset() if config.dataset == "offline" else config.dataset
     train_set, test_set = load_datasets(name, config.data_dir, download=config.download, image_size=config.image_size)
     info = train_set.info
     description = info.description
+    if config.train_range is not None:
+        start, stop = parse_range(config.train_range)
+        if stop > len(train_set):
+            raise DpbenchError(f"--train-range {config.train_range} exceeds the {len(train_set)} training examples "
+                               f"of {name}")
+        train_set = _select(train_set, torch.arange(start, stop))
+        description += f"; training examples {start}:{stop} of {info.train_size} (stored order)"
+    validation = None
+    if config.validation_size is not None:
+        if config.validation_size >= len(train_set):
+            raise DpbenchError(f"--validation-size {config.validation_size} leaves no training example of the "
+                               f"{len(train_set)}")
+        train_set, validation = split_validation(train_set, config.validation_size, config.split_seed)
+        description += (f"; {config.validation_size} of them held out for validation (split seed "
+                        f"{config.split_seed})")
     if config.train_size is not None:
         if config.train_size > len(train_set):
             raise DpbenchError(f"--train-size {config.train_size} exceeds the {len(train_set)} training examples "
@@ -489,5 +648,5 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         train_set = training_subset(train_set, config.train_size, config.seed)
         description += f"; training on a random subset of {config.train_size} of {info.train_size} examples"
     return TrainingData(name=info.name, description=description, info=info.as_dict(), train=train_set,
-                        test=test_set, num_classes=info.num_classes, in_channels=info.image_shape[0],
-                        image_size=info.image_shape[1])
+                        validation=validation, test=test_set, num_classes=info.num_classes,
+                        in_channels=info.image_shape[0], image_size=info.image_shape[1])
