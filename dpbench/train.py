@@ -6,6 +6,12 @@ then adds N(0, σ²R²) once, the gradient is divided by the EXPECTED logical ba
 optimizer steps. σ comes from the accountant for the target (ε, δ) before training; the ε actually
 spent is reported at the end. A checkpoint after every epoch lets `--resume` continue a killed run
 exactly (same parameters with the same seed), including the sampling and noise generators.
+
+Under `torchrun --nproc-per-node N` (or `srun` with N tasks) the W ranks hold replicas of the model:
+every rank draws the same global logical batches and processes its share of each, rank 0 alone adds
+the noise and one all-reduce per step sums the gradients (dpbench.distributed), so the logical batches,
+the noise and the privacy analysis are those of one process whatever W is. Rank 0 writes the result and
+the checkpoints; the test-set evaluation is split over the ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,10 +36,11 @@ from torch.utils.data.dataloader import default_collate
 
 from dpbench.accounting import ACCOUNTANTS, PrivacyLedger, epsilons, noise_multiplier_for
 from dpbench.clipping import ALGORITHMS, PrivacyEngine
+from dpbench.distributed import DEFAULT_TIMEOUT_S, World, init_world, rank_device
 from dpbench.errors import DpbenchError
 from dpbench.finetune import freeze_parameters, load_weights_file
 from dpbench.results import environment, write_json_atomic
-from dpbench.sampling import SAMPLING_METHODS, epoch_plan, physical_batches, steps_per_epoch
+from dpbench.sampling import SAMPLING_METHODS, epoch_plan, physical_batches, rank_share, steps_per_epoch
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -42,7 +50,7 @@ EPS_REFRESH_FACTOR = 20
 """The progress bar's ε (a PRV evaluation can take seconds) is refreshed after 20x its cost, and per epoch."""
 PROGRESS_INTERVAL_S, LOG_INTERVAL_S = 0.1, 30.0  # progress bar updates: terminal / log file (SLURM, pipeline)
 # Settings that may change between a run and its resumption; every other field must match.
-RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress"}
+RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress", "dist_timeout"}
 
 
 @dataclass
@@ -88,6 +96,7 @@ class TrainConfig:
     checkpoint: str | None = None
     resume: bool = False
     progress: bool = True
+    dist_timeout: float = DEFAULT_TIMEOUT_S
 
     def validate(self) -> None:
         """Raise DpbenchError naming the first bad value."""
@@ -120,8 +129,10 @@ class TrainConfig:
             parse_range(self.train_range)
         if self.epsilon is not None and not self.epsilon > 0:
             raise DpbenchError(f"--epsilon must be > 0, got {self.epsilon}")
-        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
-            raise DpbenchError(f"--noise-multiplier must be > 0, got {self.noise_multiplier}")
+        if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+            raise DpbenchError(f"--noise-multiplier must be >= 0, got {self.noise_multiplier}")
+        if not self.dist_timeout > 0:
+            raise DpbenchError(f"--dist-timeout must be > 0, got {self.dist_timeout}")
         from dpbench.models import default_image_size  # imports timm: only when a run is configured
 
         default_image_size(self.model)  # an unknown model fails here, before any data is loaded
@@ -199,13 +210,15 @@ def physical_stream(dataset: Dataset, chunks: list[torch.Tensor], num_workers: i
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-             autocast: Callable[[], Any]) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on `dataset`."""
+             autocast: Callable[[], Any], world: World | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on `dataset`; over W ranks each evaluates every W-th
+    batch and the sums are added up."""
+    world = world or World()
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     with torch.no_grad():
-        for indices in torch.arange(len(dataset)).split(batch_size):
+        for indices in torch.arange(len(dataset)).split(batch_size)[world.rank::world.size]:
             x, y = fetch(dataset, indices)
             x, y = x.to(device), y.to(device)
             with autocast():
@@ -213,6 +226,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
             total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)
+    total_loss, correct = world.sum_numbers(total_loss, correct)
     return total_loss / len(dataset), correct / len(dataset)
 
 
@@ -277,6 +291,12 @@ class _EpochStats:
         self.correct += (logits.detach().argmax(1) == labels).sum().item()
         self.count += labels.numel()
 
+    def summed(self, world: World) -> "_EpochStats":
+        """The statistics of all ranks together."""
+        total = _EpochStats()
+        total.loss_sum, total.correct, total.count = world.sum_numbers(self.loss_sum, self.correct, self.count)
+        return total
+
     @property
     def loss(self) -> float:
         return self.loss_sum / self.count if self.count else math.nan
@@ -296,9 +316,12 @@ def _accumulate(model: nn.Module, engine: PrivacyEngine, x: torch.Tensor, y: tor
     stats.add(losses, logits, y)
 
 
-def _noisy_update(engine: PrivacyEngine, optimizer: torch.optim.Optimizer, scheduler, expected_batch_size: int) -> None:
-    """End of a logical batch: noise once, divide by the expected batch size, step, clear gradients."""
-    engine.add_noise()
+def _noisy_update(engine: PrivacyEngine, optimizer: torch.optim.Optimizer, scheduler, expected_batch_size: int,
+                  empty: bool = False) -> None:
+    """End of a logical batch: noise once (summed over the ranks), divide by the expected batch size, step,
+    clear gradients. A non-private step of an `empty` logical batch (on every rank) has no gradient."""
+    if not (empty and engine.algorithm.backend == "plain"):
+        engine.add_noise()
     for p in engine.parameters:
         if p.grad is not None:  # None only without noise (nonprivate) after an empty logical batch
             p.grad.div_(expected_batch_size)
@@ -307,49 +330,59 @@ def _noisy_update(engine: PrivacyEngine, optimizer: torch.optim.Optimizer, sched
     scheduler.step()
 
 
-def _rng_states(sampling: torch.Generator, noise: torch.Generator) -> dict:
-    states = {"sampling": sampling.get_state(), "noise": noise.get_state(), "torch": torch.get_rng_state()}
+def _rng_states(sampling: torch.Generator, noise: torch.Generator, world: World) -> dict:
+    """The generators' states; torch's own (dropout, ...) of every rank (a collective: all ranks call it)."""
+    own = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
+        own["cuda"] = torch.cuda.get_rng_state_all()
+    by_rank = world.gather_objects(own)
+    return {"sampling": sampling.get_state(), "noise": noise.get_state(), **by_rank[0], "by_rank": by_rank}
 
 
-def _restore_rng_states(states: dict, sampling: torch.Generator, noise: torch.Generator) -> None:
+def _restore_rng_states(states: dict, sampling: torch.Generator, noise: torch.Generator, world: World) -> None:
     sampling.set_state(states["sampling"])
     noise.set_state(states["noise"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    own = states["by_rank"][world.rank] if len(states.get("by_rank", ())) == world.size else states
+    torch.set_rng_state(own["torch"])
+    if "cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
 
 
 def train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
     """Train `config.model` with DP-SGD as configured, write the result JSON, and return it.
 
     `on_epoch_end(record)` is called after each epoch's checkpoint is written.
+    Under torchrun/srun every rank calls this; rank 0 writes the result (every rank returns it).
     """
     config.validate()
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    world = init_world(resolve_device(config.device).type, config.dist_timeout)
     try:
-        return _train(config, on_epoch_end)
+        return _train(config, on_epoch_end, world)
     finally:
+        world.close()
         torch.set_num_threads(threads_before)
 
 
-def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None) -> dict:
-    run = _prepare(config)
+def _train(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None, world: World) -> dict:
+    run = _prepare(config, world)
     _resume(run)
-    meter = _EpsilonMeter(run.ledger)
+    meter = _EpsilonMeter(run.ledger if world.is_main else None)
     run.model.train()
     for epoch in range(run.epoch, config.epochs):
         record = _train_epoch(run, epoch, meter)
-        _save_checkpoint(config.checkpoint_path(), _checkpoint_state(run))
+        state = _checkpoint_state(run)  # a collective (every rank's generator state)
+        if world.is_main:
+            _save_checkpoint(config.checkpoint_path(), state)
+        world.barrier()  # the checkpoint exists before any rank goes on
         if on_epoch_end is not None:
             on_epoch_end(record)
     run.engine.detach()
     result = _result(run, meter.spent())
-    write_json_atomic(config.out, result)
+    if world.is_main:
+        write_json_atomic(config.out, result)
     return result
 
 
@@ -358,6 +391,7 @@ class _Run:
     """What a run builds before its first step, and how far it has got (saved in every checkpoint)."""
 
     config: TrainConfig
+    world: World
     device: torch.device
     data: TrainingData
     sigma: float | None
@@ -377,6 +411,7 @@ class _Run:
     history: list = dataclasses.field(default_factory=list)
     earlier_wall_time: float = 0.0
     resumes: int = 0
+    session_steps: int = 0  # steps of this process (since the last resumption): traffic per step
 
     def wall_time_s(self) -> float:
         """Wall time of the run so far, over all its resumptions."""
@@ -389,12 +424,12 @@ class _Run:
         return contextlib.nullcontext()
 
 
-def _prepare(config: TrainConfig) -> _Run:
-    """Data, the noise multiplier for the target ε, the model (its weights, what is frozen), the engine and
-    the optimizer of a fresh run."""
+def _prepare(config: TrainConfig, world: World) -> _Run:
+    """Data, the noise multiplier for the target ε, the model (its weights, what is frozen; rank 0's on
+    every rank), the engine and the optimizer of a fresh run."""
     from dpbench.models import create_model
 
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device), world)
     started = time.perf_counter()
     data = load_training_data(config)
     n_train = len(data.train)
@@ -405,7 +440,12 @@ def _prepare(config: TrainConfig) -> _Run:
     sigma = config.noise_multiplier
     if config.private and config.epsilon is not None:
         sigma = noise_multiplier_for(config.epsilon, config.delta, sampling_rate, total_steps, config.accountant)
-    ledger = PrivacyLedger(sigma, sampling_rate, config.delta, config.accountant) if config.private else None
+    ledger = None
+    if config.private and sigma > 0:
+        ledger = PrivacyLedger(sigma, sampling_rate, config.delta, config.accountant)
+    elif config.private and world.is_main:
+        warnings.warn("--noise-multiplier 0: per-sample clipping WITHOUT noise; no privacy guarantee "
+                      "(epsilon = infinity)", stacklevel=2)
 
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes=data.num_classes, image_size=data.image_size,
@@ -414,12 +454,15 @@ def _prepare(config: TrainConfig) -> _Run:
     if config.pretrained_file:
         load_weights_file(model, config.pretrained_file)
     frozen = freeze_parameters(model, config.freeze, config.train_only)
+    world.broadcast_module(model)
+    if world.rank > 0:  # its own stream for dropout and the like; rank 0 keeps the single-process one
+        torch.manual_seed(config.seed + 7919 * world.rank)
     sampling_generator = torch.Generator().manual_seed(config.seed)
     noise_generator = torch.Generator(device).manual_seed(config.seed + 1)
     engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
-                           noise_multiplier=sigma or 0.0, generator=noise_generator)
+                           noise_multiplier=sigma or 0.0, generator=noise_generator, world=world)
     optimizer = _optimizer(config, model)
-    return _Run(config=config, device=device, data=data, sigma=sigma, sampling_rate=sampling_rate,
+    return _Run(config=config, world=world, device=device, data=data, sigma=sigma, sampling_rate=sampling_rate,
                 total_steps=total_steps, ledger=ledger, model=model, frozen=frozen, engine=engine, optimizer=optimizer,
                 scheduler=_scheduler(config, optimizer, total_steps), sampling_generator=sampling_generator,
                 noise_generator=noise_generator, started=started)
@@ -430,21 +473,36 @@ def _resume(run: _Run) -> None:
     checkpoint = _load_checkpoint(run.config)
     if checkpoint is None:
         return
+    written_by = checkpoint.get("world_size", 1)
+    if written_by != run.world.size:
+        stochastic = random_modules(run.model)
+        if stochastic:
+            raise DpbenchError(
+                f"checkpoint {run.config.checkpoint_path()} was written by {written_by} ranks, this run has "
+                f"{run.world.size}: the logical batches and the noise do not depend on the number of ranks, but "
+                f"the random draws of {', '.join(stochastic[:3])} do; resume with {written_by} ranks")
     run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
-    _restore_rng_states(checkpoint["rng"], run.sampling_generator, run.noise_generator)
+    _restore_rng_states(checkpoint["rng"], run.sampling_generator, run.noise_generator, run.world)
     if run.ledger is not None:
         run.ledger.load_state_dict(checkpoint["ledger"])
     run.epoch, run.steps, run.history = checkpoint["epoch"], checkpoint["steps"], checkpoint["history"]
     run.earlier_wall_time, run.resumes = checkpoint["wall_time_s"], checkpoint["resumes"] + 1
 
 
+def random_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that draw random numbers in training mode (dropout, stochastic depth)."""
+    return [name or type(model).__name__ for name, m in model.named_modules()
+            if (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or getattr(m, "drop_prob", 0) > 0]
+
+
 def _checkpoint_state(run: _Run) -> dict:
     """Everything `_resume` needs to continue the run exactly."""
     return {"version": CHECKPOINT_VERSION, "identity": _identity(run.config), "epoch": run.epoch,
             "steps": run.steps, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "rng": _rng_states(run.sampling_generator, run.noise_generator),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": _rng_states(run.sampling_generator, run.noise_generator, run.world), "world_size": run.world.size,
             "ledger": run.ledger.state_dict() if run.ledger is not None else None, "history": run.history,
             "wall_time_s": run.wall_time_s(), "resumes": run.resumes, "noise_multiplier": run.sigma}
 
@@ -459,7 +517,7 @@ class _EpsilonMeter:
         self.cost = time.perf_counter() - self.refreshed
 
     def spent(self) -> float:
-        """ε spent now (∞ for a non-private run)."""
+        """ε spent now (∞ for a non-private run, one without noise, and on every rank but rank 0)."""
         return self.ledger.epsilon() if self.ledger is not None else math.inf
 
     def refresh(self, force: bool = False) -> float:
@@ -478,26 +536,31 @@ def _train_epoch(run: _Run, epoch: int, meter: _EpsilonMeter) -> dict:
     config = run.config
     epoch_started = time.perf_counter()
     stats = _EpochStats()
-    plan = [physical_batches(logical, config.physical_batch_size)
-            for logical in epoch_plan(len(run.data.train), config.batch_size, config.sampling, run.sampling_generator)]
+    world = run.world
+    logical_batches = epoch_plan(len(run.data.train), config.batch_size, config.sampling, run.sampling_generator)
+    plan = [physical_batches(rank_share(logical, world.rank, world.size), config.physical_batch_size)
+            for logical in logical_batches]
     stream = physical_stream(run.data.train, [chunk for chunks in plan for chunk in chunks], config.num_workers,
                              pin_memory=run.device.type == "cuda")
-    bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not config.progress,
+    bar = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+               disable=not config.progress or not world.is_main,
                dynamic_ncols=True, mininterval=PROGRESS_INTERVAL_S if sys.stderr.isatty() else LOG_INTERVAL_S)
     for position, chunks in enumerate(bar):
         for _ in chunks:
             x, y = next(stream)
             _accumulate(run.model, run.engine, x.to(run.device, non_blocking=True),
                         y.to(run.device, non_blocking=True), run.autocast, stats)
-        _noisy_update(run.engine, run.optimizer, run.scheduler, config.batch_size)
+        _noisy_update(run.engine, run.optimizer, run.scheduler, config.batch_size,
+                      empty=logical_batches[position].numel() == 0)
         run.steps += 1
+        run.session_steps += 1
         if run.ledger is not None:
             run.ledger.step()
         eps_shown = meter.refresh(force=position == len(plan) - 1)
         bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.accuracy:.3f}", eps=f"{eps_shown:.3f}",
                         refresh=False)  # shown at the bar's own interval
     bar.close()
-    return _end_epoch(run, epoch, stats, epoch_started, meter)
+    return _end_epoch(run, epoch, stats.summed(world), epoch_started, meter)
 
 
 def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, epoch_started: float, meter: _EpsilonMeter) -> dict:
@@ -513,16 +576,19 @@ def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, epoch_started: float, 
     record = {"epoch": epoch + 1, "steps": run.steps, "train_loss": stats.loss, "train_accuracy": stats.accuracy}
     if run.data.validation is not None:
         record["validation_loss"], record["validation_accuracy"] = evaluate(
-            run.model, run.data.validation, config.eval_batch_size, run.device, run.autocast)
+            run.model, run.data.validation, config.eval_batch_size, run.device, run.autocast, run.world)
     record["test_loss"], record["test_accuracy"] = evaluate(run.model, run.data.test, config.eval_batch_size,
-                                                            run.device, run.autocast)
+                                                            run.device, run.autocast, run.world)
     record.update(epsilon=_json_epsilon(meter.spent()), epoch_time_s=epoch_time,
                   eval_time_s=time.perf_counter() - epoch_started - epoch_time)
     run.history.append(record)
     run.epoch = epoch + 1
-    privacy = f"ε spent {record['epsilon']:.3f}" if config.private else "non-private"
+    privacy = "non-private" if not config.private else "no noise (ε = ∞)" if not run.sigma else \
+        f"ε spent {record['epsilon']:.3f}"
     validation = (f"validation accuracy {record['validation_accuracy']:.4f}, "
                   if run.data.validation is not None else "")
+    if not run.world.is_main:
+        return record
     tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, {validation}test accuracy "
                f"{record['test_accuracy']:.4f}, {privacy}, {epoch_time:.1f} s")
     return record
@@ -540,6 +606,8 @@ def _result(run: _Run, eps: float) -> dict:
     notes = []
     if not config.private:
         notes.append("non-private training: no clipping, no noise, no privacy guarantee (epsilon = infinity)")
+    if config.private and not run.sigma:
+        notes.append("noise multiplier 0: per-sample clipping without noise, no privacy guarantee (epsilon = infinity)")
     if config.private and config.sampling == "shuffle":
         notes.append("fixed-size shuffled batches: every accountant here assumes Poisson sampling, so the reported "
                      "epsilon does NOT match how batches were drawn (the paper's reference code did the same)")
@@ -547,7 +615,7 @@ def _result(run: _Run, eps: float) -> dict:
         notes.append("sigma calibrated with the gdp accountant (central-limit approximation, can underestimate "
                      "epsilon); epsilon_by_accountant['prv'] is the upper bound")
     by_accountant = None
-    if config.private and run.steps > 0:
+    if config.private and run.sigma and run.steps > 0:
         by_accountant = {k: _json_epsilon(v) for k, v in
                          epsilons(run.sigma, run.sampling_rate, run.steps, config.delta).items()}
     trainable = [p for p in run.model.parameters() if p.requires_grad]
@@ -587,6 +655,9 @@ def _result(run: _Run, eps: float) -> dict:
         "wall_time_s": run.wall_time_s(),
         "mean_epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
         "resumes": run.resumes,
+        "world_size": run.world.size,
+        "distributed": {**run.world.describe(),
+                        "allreduce_bytes_per_step": run.world.bytes_reduced / max(1, run.session_steps)},
         "notes": notes,
         "history": history,
         "config": dataclasses.asdict(config),

@@ -2,6 +2,10 @@
 
 Options come from `dpbench.train.TrainConfig`; `--config FILE.yaml` sets any of them (keys with - or _),
 and options given on the command line override the file.
+
+Data-parallel over N processes: `torchrun --nproc-per-node N -m dpbench train ...` (multi-node with
+--nnodes/--rdzv-endpoint), or `srun -n N python -m dpbench train ...` in a SLURM job; the logical batches,
+the noise and ε are those of one process, and rank 0 writes the result.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ HELP = {
     "checkpoint": "checkpoint file (default: the result path with suffix .ckpt.pt)",
     "resume": "continue from the checkpoint if it exists (else start afresh)",
     "progress": "show a progress bar",
+    "dist_timeout": "seconds a collective waits for the other ranks (torchrun/srun runs) before the run ends",
 }
 
 
