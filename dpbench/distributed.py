@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 
@@ -215,6 +216,13 @@ def joined(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S):
         yield world
     finally:
         world.close()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for MASTER_PORT of a single-node launch)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rank_device(device: torch.device, world: World) -> torch.device:

@@ -4,7 +4,6 @@ group through the same environment variables torchrun sets."""
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from pathlib import Path
 
@@ -14,16 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpbench.clipping import PrivacyEngine
-from dpbench.distributed import World, init_world
+from dpbench.distributed import World, free_port, init_world
 from dpbench.sampling import epoch_plan, physical_batches, rank_share
 
 TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(task, world_size: int, out: Path, *args) -> None:

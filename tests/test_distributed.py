@@ -82,3 +82,15 @@ def test_launch_environment_of_torchrun_and_srun():
                                "SLURM_JOB_ID": "1234", "SLURM_STEP_NODELIST": "gpu[07-08]", "PATH": ""})
     assert (srun["rank"], srun["size"], srun["local_rank"], srun["launcher"]) == (3, 4, 1, "srun")
     assert srun["master_port"] == "29734"
+
+
+def test_bench_on_two_ranks_records_the_all_reduce(tmp_path):
+    from dpbench.measure import BenchConfig, bench_result
+
+    config = BenchConfig("mixed_ghost", "cnn", batch_size=4, image_size=8, steps=2, warmup=0, threads=1).validate()
+    result = bench_result(config, nproc=2)
+    assert result["world_size"] == 2 and result["global_batch_size"] == 8 and result["world"]["backend"] == "gloo"
+    assert result["allreduce_bytes_per_step"] == 4 * result["parameters"]
+    assert len(result["peak_memory_bytes_by_rank"]) == 2 and not result["oom"]
+    median = result["step_time_s"]["median"]
+    assert result["throughput_img_s"]["median"] == pytest.approx(8 / median, rel=0.5)

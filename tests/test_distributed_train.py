@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_workers import free_port
+from dpbench.distributed import free_port
 from dpbench.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput and peak memory of one configuration (fresh process)")
     one_line_errors(p)
     add_config_arguments(p, steps=10, warmup=3)
-    p.add_argument("--batch-size", type=positive_int, required=True)
+    p.add_argument("--batch-size", type=positive_int, required=True, help="examples per rank and step")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel ranks on this machine (torchrun; gloo on CPU, nccl on CUDA): each runs "
+                        "--batch-size examples, the gradients are all-reduced every step (default: 1)")
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=run)
 
@@ -22,7 +25,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     config = config_from_args(args, args.batch_size)
     try:
-        result = bench_result(config)
+        result = bench_result(config, args.nproc)
     except MeasurementFailed as failure:
         sys.stderr.write(failure.log)
         print(f"dpbench bench: error: {failure}", file=sys.stderr)
@@ -35,7 +38,8 @@ def run(args) -> int:
 def summary(result: dict) -> str:
     """One line for the terminal."""
     c = result["config"]
-    name = f"{c['algorithm']} {c['model']} batch {c['batch_size']} {c['image_size']}² {c['device']}"
+    ranks = f" x {c['nproc']} ranks" if c.get("nproc", 1) > 1 else ""
+    name = f"{c['algorithm']} {c['model']} batch {c['batch_size']}{ranks} {c['image_size']}² {c['device']}"
     if result["oom"]:
         return f"{name}: out of memory ({result['error']})"
     return (f"{name}: {result['step_time_s']['median']:.4f} s/step, "

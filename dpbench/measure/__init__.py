@@ -13,7 +13,7 @@ import torch
 
 from dpbench.measure.child import CPU_METHOD, CUDA_METHOD
 from dpbench.measure.config import BenchConfig
-from dpbench.measure.runner import MeasurementFailed, run_in_fresh_process
+from dpbench.measure.runner import MeasurementFailed, run_in_fresh_process, run_ranks
 from dpbench.measure.search import ProbeResult, SearchResult, search_max_batch
 from dpbench.results import environment
 
@@ -21,11 +21,13 @@ __all__ = ["BenchConfig", "MeasurementFailed", "ProbeResult", "SearchResult", "b
            "maxbatch_result", "probe", "search_max_batch"]
 
 
-def bench_result(config: BenchConfig) -> dict:
-    """The `kind: bench` result of one configuration, measured in a fresh process."""
-    measured = run_in_fresh_process(config)
+def bench_result(config: BenchConfig, nproc: int = 1) -> dict:
+    """The `kind: bench` result of one configuration, measured in a fresh process, or on `nproc` ranks
+    (torchrun; each rank its own batch of config.batch_size, the gradients all-reduced every step)."""
+    measured = run_ranks(config, nproc) if nproc > 1 else run_in_fresh_process(config)
     env = measured.pop("environment", None) or environment(config.device, config.dtype, config.seed)
-    return {"kind": "bench", "config": config.as_dict(), **measured, "environment": env}
+    return {"kind": "bench", "config": {**config.as_dict(), "nproc": nproc}, "world_size": nproc,
+            "global_batch_size": nproc * config.batch_size, **measured, "environment": env}
 
 
 def probe(config: BenchConfig, memory_budget_bytes: int) -> ProbeResult:
