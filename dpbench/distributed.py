@@ -5,21 +5,21 @@ multi-node with the usual rendezvous variables) or with `srun` inside a SLURM jo
 SLURM_STEP_NUM_TASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT derived from the step when unset).
 Without either, `World()` is the single process and every collective is a no-op.
 
-Why explicit all-reduces and not DistributedDataParallel: DDP's hooks reduce the gradient that autograd
-accumulates into p.grad during each backward. dpbench's algorithms form the clipped sum elsewhere: the
-first backward of the two-pass algorithms differentiates to layer outputs only (no p.grad, so DDP's
-reducer would wait for gradients that never come), book-keeping writes p.grad without autograd (DDP
-never sees it), and Opacus' hooks backward leaves the UNCLIPPED sum in p.grad (DDP would reduce the
-wrong tensor). DDP would also reduce once per physical batch unless every backward but the last ran
-under no_sync. So each rank accumulates its clipped sum over all its physical batches, rank 0 alone
-adds the noise, and one bucketed SUM all-reduce per logical batch sends every trainable parameter once:
-4·P bytes per rank per step in float32, whatever the algorithm and the number of physical batches
-(`World.bytes_reduced` counts it).
+Why explicit all-reduces and not DistributedDataParallel: DDP's hooks reduce what autograd accumulates into
+p.grad during a backward, once per physical batch unless all but the last run under no_sync. That is right
+for plain training and happens to be right for the two-pass algorithms (their first backward forms no
+p.grad, only the second backward of Σ Cᵢ Lᵢ reaches DDP), but book-keeping writes the clipped sums into
+p.grad without autograd (DDP reduces nothing) and Opacus' hooks backward leaves the UNCLIPPED sum there
+(DDP reduces the wrong tensor, then the clipped sum needs an all-reduce of its own). So each rank
+accumulates its clipped sum over all its physical batches, rank 0 alone adds the noise, and one bucketed
+SUM all-reduce per logical batch sends every trainable parameter once: 4·P bytes per rank per step in
+float32 for every algorithm and any number of physical batches, what DDP sends at best (with no_sync);
+`World.bytes_reduced` counts it, and scripts/distributed_scaling.py measures both (paper/distributed_scaling.md).
+What this gives up is DDP's overlap of the reduction with the last backward.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import shutil
@@ -206,16 +206,6 @@ def init_world(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S, env: dict
                            f"{launch['master_addr']}:{launch['master_port']} within {timeout_s:g} s ({first[:200]})") from None
     return World(launch["rank"], launch["size"], launch["local_rank"], backend, timeout_s, launch["launcher"],
                  _group_owned=True)
-
-
-@contextlib.contextmanager
-def joined(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S):
-    """`init_world` for the length of a block; the process group is left at its end."""
-    world = init_world(device_type, timeout_s)
-    try:
-        yield world
-    finally:
-        world.close()
 
 
 def free_port() -> int:
