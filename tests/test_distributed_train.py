@@ -113,3 +113,30 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(runs, tmp_path
     assert train(single)["test_accuracy"] == two["test_accuracy"]
     for name, value in parameters(tmp_path / "epoch1.ckpt.pt").items():
         torch.testing.assert_close(value, uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resuming_with_another_world_size_is_refused_when_the_model_draws_random_numbers(tmp_path, monkeypatch):
+    import dpbench.train as train_module
+    from dpbench.errors import DpbenchError
+
+    config = TrainConfig(**{**OPTIONS, "epochs": 1, "train_size": 100}, out=str(tmp_path / "r.json"), resume=True)
+    train(config)
+    state = torch.load(config.checkpoint_path(), weights_only=False)
+    state["world_size"] = 2  # as if 2 ranks had written it
+    state["identity"]["epochs"] = config.epochs = 2
+    torch.save(state, config.checkpoint_path())
+    monkeypatch.setattr(train_module, "random_modules", lambda model: ["head_drop"])
+    with pytest.raises(DpbenchError, match="written by 2 ranks, this run has 1.*head_drop.*resume with 2 ranks"):
+        train(config)
+
+
+def test_random_modules_finds_dropout_and_drop_path():
+    import timm
+    from torch import nn
+
+    from dpbench.train import random_modules
+
+    assert random_modules(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0))) == []
+    assert random_modules(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))) == ["1"]
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=8, patch_size=4, depth=2, drop_path_rate=0.1)
+    assert random_modules(vit) == ["blocks.1.drop_path1", "blocks.1.drop_path2"]  # the rate grows to 0.1
