@@ -583,12 +583,12 @@ def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, epoch_started: float, 
                   eval_time_s=time.perf_counter() - epoch_started - epoch_time)
     run.history.append(record)
     run.epoch = epoch + 1
+    if not run.world.is_main:  # rank 0 reports (the other ranks skip the accountant: their ε is not computed)
+        return record
     privacy = "non-private" if not config.private else "no noise (ε = ∞)" if not run.sigma else \
         f"ε spent {record['epsilon']:.3f}"
     validation = (f"validation accuracy {record['validation_accuracy']:.4f}, "
                   if run.data.validation is not None else "")
-    if not run.world.is_main:
-        return record
     tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, {validation}test accuracy "
                f"{record['test_accuracy']:.4f}, {privacy}, {epoch_time:.1f} s")
     return record

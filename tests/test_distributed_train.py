@@ -1,6 +1,6 @@
 """`dpbench train` on 2 CPU ranks (gloo): launched by torchrun it ends with the model of one process on the
-same logical batches (σ = 0); a rank that dies ends the other with one clear line; the run resumes exactly,
-with 2 ranks or with 1."""
+same logical batches (σ = 0); a rank that dies ends the other with one clear line; the run resumes, with 2
+ranks or with 1, where the uninterrupted run ends (with noise: rank 0 draws what one process draws)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def environment(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1", **extra}
 
 
-def torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def torchrun(out: Path, *extra: str, **changes) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(free_port()), "-m", "dpbench", "train", *argv(out), *extra]
+               str(free_port()), "-m", "dpbench", "train", *argv(out, **changes), *extra]
     return subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300)
 
 
@@ -76,15 +76,17 @@ def test_two_ranks_train_the_model_of_one_process(runs):
     assert sorted(p.name for p in (root / "two").iterdir()) == ["result.ckpt.pt", "result.json"]
 
 
-def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(runs, tmp_path):
-    root, one, two, _ = runs
+def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(tmp_path):
+    noisy = {"noise_multiplier": 0.5}
+    uninterrupted = train(TrainConfig(**{**OPTIONS, **noisy}, out=str(tmp_path / "one" / "result.json")))
+    reference = parameters(tmp_path / "one" / "result.ckpt.pt")
     out = tmp_path / "result.json"
     port = str(free_port())
     ranks = []
     for rank, program in enumerate([["-m", "dpbench", "train"], [str(ROOT / "tests" / "train_rank_killed.py")]]):
         env = environment(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=port)
-        ranks.append(subprocess.Popen([sys.executable, *program, *argv(out, dist_timeout=TIMEOUT_S)], env=env,
+        ranks.append(subprocess.Popen([sys.executable, *program, *argv(out, dist_timeout=TIMEOUT_S, **noisy)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     survivor, killed = ranks
     assert killed.wait(timeout=300) == -9
@@ -99,20 +101,23 @@ def test_a_killed_rank_ends_the_other_and_the_run_resumes_exactly(runs, tmp_path
     assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
     shutil.copy(checkpoint, tmp_path / "epoch1.ckpt.pt")
 
-    resumed = torchrun(out, "--resume")  # 2 ranks again: bit for bit the uninterrupted run
+    # 2 ranks again: the uninterrupted run's model (the one-process run: same batches, same noise), and its ε
+    resumed = torchrun(out, "--resume", **noisy)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["resumes"] == 1 and result["test_accuracy"] == two["test_accuracy"]
-    uninterrupted = parameters(root / "two" / "result.ckpt.pt")
-    assert all(torch.equal(uninterrupted[k], v) for k, v in parameters(checkpoint).items())
+    assert result["resumes"] == 1 and result["world_size"] == 2
+    assert result["epsilon"] == uninterrupted["epsilon"] and result["steps"] == uninterrupted["steps"]
+    assert result["test_accuracy"] == uninterrupted["test_accuracy"]
+    for name, value in parameters(checkpoint).items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6, msg=name)
 
     # one process from the 2-rank checkpoint: nothing in its state depends on W (the model draws no random
-    # numbers), so it ends where the uninterrupted runs do, to float rounding
-    single = TrainConfig(**OPTIONS, out=str(tmp_path / "single.json"), checkpoint=str(tmp_path / "epoch1.ckpt.pt"),
-                         resume=True)
-    assert train(single)["test_accuracy"] == two["test_accuracy"]
+    # numbers), so it ends there too
+    single = TrainConfig(**{**OPTIONS, **noisy}, out=str(tmp_path / "single.json"),
+                         checkpoint=str(tmp_path / "epoch1.ckpt.pt"), resume=True)
+    assert train(single)["test_accuracy"] == uninterrupted["test_accuracy"]
     for name, value in parameters(tmp_path / "epoch1.ckpt.pt").items():
-        torch.testing.assert_close(value, uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_resuming_with_another_world_size_is_refused_when_the_model_draws_random_numbers(tmp_path, monkeypatch):
