@@ -216,6 +216,8 @@ def test_validation_split_is_held_out_and_the_same_for_every_seed(tmp_path):
     (["--pretrained", "--pretrained-file", "w.pt"], "exclude each other"),
     (["--pretrained-file", "absent.safetensors"], "absent.safetensors: no such file"),
     (["--accountant", "moments"], "--accountant 'moments' is not one of: prv, rdp, gdp"),
+    (["--model", "beit_base_patch16_224", "--image-size", "32", "--algorithm", "opacus"],
+     "Opacus cannot compute per-sample gradients of module 'Beit'"),  # never a parameter trained on noise alone
 ])
 def test_fine_tuning_options_bad_input_is_one_line(argv, message, capsys, tmp_path):
     code = run_cli(["train", "--dataset", "digits", "--epsilon", "3", "--out", str(tmp_path / "r.json"),
