@@ -54,8 +54,10 @@ class PrivacyEngine:
         self.generator = generator
         self.world = world or World()
         self.parameters = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+        # requires_grad=False (dpbench.finetune.freeze_parameters): no gradient, no noise, no per-sample work
+        self.frozen_parameters = [n for n, p in model.named_parameters() if not p.requires_grad]
         self.per_sample_norms: torch.Tensor | None = None
-        # per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice
+        # per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice, params, frozen
         self.layer_report: list[dict] = []
         if self.algorithm.backend != "plain":
             refuse_batchnorm(model)
