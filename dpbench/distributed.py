@@ -202,8 +202,9 @@ def init_world(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S, env: dict
             world_size=launch["size"], timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        where = f"{launch['master_addr']}:{launch['master_port']}"
         raise DpbenchError(f"rank {launch['rank']} of {launch['size']}: could not join the process group at "
-                           f"{launch['master_addr']}:{launch['master_port']} within {timeout_s:g} s ({first[:200]})") from None
+                           f"{where} within {timeout_s:g} s ({first[:200]})") from None
     return World(launch["rank"], launch["size"], launch["local_rank"], backend, timeout_s, launch["launcher"],
                  _group_owned=True)
 

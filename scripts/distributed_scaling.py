@@ -23,17 +23,19 @@ from dpbench.results import git_commit, write_text_atomic
 MIB = 2 ** 20
 
 
-def scaling_rows(algorithms: list[str], model: str, batch: int, ranks: list[int], steps: int, warmup: int) -> list[dict]:
+def scaling_rows(algorithms: list[str], model: str, batch: int, ranks: list[int], steps: int,
+                 warmup: int) -> list[dict]:
     rows = []
     for algorithm in algorithms:
         for w in ranks:
             config = BenchConfig(algorithm, model, batch_size=batch, steps=steps, warmup=warmup, threads=1).validate()
             result = bench_result(config, nproc=w)
+            peaks = result.get("peak_memory_bytes_by_rank", [result["peak_memory_bytes"]])
             rows.append({"algorithm": algorithm, "W": w, "global_batch": w * batch,
                          "step_s": result["step_time_s"]["median"], "img_s": result["throughput_img_s"]["median"],
                          "cpu_s": result["step_cpu_time_s"]["median"],
                          "allreduce_mib": result.get("allreduce_bytes_per_step", 0) / MIB,
-                         "peak_mib": max(p for p in result.get("peak_memory_bytes_by_rank", [result["peak_memory_bytes"]])) / MIB})
+                         "peak_mib": max(peaks) / MIB})
             print(rows[-1], flush=True)
     return rows
 
@@ -124,7 +126,8 @@ def report(rows: list[dict], comm: dict, physical: int, args, load_before: str, 
         "Speed-up = throughput of W ranks / throughput of 1 rank. With 2 cores shared with other jobs, W = 2 "
         "cannot reach 2x: a load above 2 means the ranks wait for cores.",
         "",
-        "| algorithm | W | global batch | s/step | img/s | speed-up | CPU s/step (rank 0) | all-reduce MiB/step/rank | peak MiB/rank |",
+        "| algorithm | W | global batch | s/step | img/s | speed-up | CPU s/step (rank 0) "
+        "| all-reduce MiB/step/rank | peak MiB/rank |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     base = {r["algorithm"]: r["img_s"] for r in rows if r["W"] == 1}
@@ -146,7 +149,8 @@ def report(rows: list[dict], comm: dict, physical: int, args, load_before: str, 
         "|---|---|---|---|",
     ]
     meaning = {"nonprivate": "the (unclipped) gradient: correct for plain training",
-               "opacus": "the UNCLIPPED sums autograd leaves in p.grad (wrong); the clipped sum needs its own all-reduce",
+               "opacus": "the UNCLIPPED sums autograd leaves in p.grad (wrong); the clipped sum needs its own "
+                         "all-reduce",
                "mixed_ghost": "the second backward's clipped sums (the first backward forms no p.grad)",
                "bk_mixed": "nothing: book-keeping writes p.grad without autograd (wrong)"}
     for r in comm["rows"]:
