@@ -217,7 +217,8 @@ def free_port() -> int:
 
 
 def rank_device(device: torch.device, world: World) -> torch.device:
-    """The device of this rank: cuda:LOCAL_RANK for a multi-rank CUDA run, else `device`."""
-    if device.type == "cuda" and world.distributed and device.index is None:
+    """The device of this rank: cuda:LOCAL_RANK for a multi-rank CUDA run (whatever index was asked for:
+    one GPU per rank), else `device`."""
+    if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank % max(1, torch.cuda.device_count()))
     return device

@@ -113,7 +113,7 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cuda":
-        if device.index is None:
+        if device.index is None or world.distributed:  # a rank: the GPU of its LOCAL_RANK (init_world)
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         if memory_budget_bytes:
