@@ -1,12 +1,17 @@
 """Privacy accounting for DP-SGD with Poisson sampling: ε for a noise level, the noise level for a
 target ε, and a ledger that tracks the ε spent while training.
 
-Two accountants:
+Three accountants:
 - ``prv``: numerical composition of privacy loss random variables (Gopi et al. 2021) through the
   ``prv-accountant`` package. We report the UPPER bound of its estimate, with ``eps_error = 0.01``
   and ``delta_error = δ / 1000`` (the settings Opacus uses), so the reported ε is a guarantee.
 - ``rdp``: Rényi DP of the sampled Gaussian mechanism through Opacus' analysis, over Opacus' default
   orders, converted to (ε, δ) with Balle et al. (2020), Theorem 21.
+- ``gdp``: Gaussian DP through the central limit theorem (Bu et al. 2020), as Opacus' ``gdp``
+  accountant computes it for Poisson sampling (``compute_eps_poisson``): μ = q·√(T(e^{1/σ²} − 1)),
+  then the (ε, δ) dual of μ-GDP. It is what the paper's reference code calibrated σ with. It is an
+  asymptotic approximation, NOT an upper bound: it can underestimate ε (most at small T or large q),
+  so PRV's upper bound is the guarantee to quote beside it.
 
 Steps versus epochs: under Poisson sampling with rate q an epoch is 1/q logical batches on
 average, so ``epochs_to_steps(K, q) = ceil(K / q)``. We round up (Opacus rounds down) so that the
@@ -24,7 +29,7 @@ import numpy as np
 
 from dpbench.errors import DpbenchError
 
-ACCOUNTANTS = ("prv", "rdp")
+ACCOUNTANTS = ("prv", "rdp", "gdp")
 PRV_EPS_ERROR = 0.01
 """Half-width of the PRV accountant's ε estimate; the upper bound we report is estimate + this."""
 PRV_DELTA_ERROR_FRACTION = 1e-3
@@ -83,7 +88,7 @@ def epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: fl
     sampling_rate = _check_positive_number("sampling_rate", sampling_rate, 1.0, upper_inclusive=True)
     steps = _check_steps(steps)
     delta = _check_positive_number("delta", delta, 1.0)
-    compute = _prv_epsilon if check_accountant(accountant) == "prv" else _rdp_epsilon
+    compute = {"prv": _prv_epsilon, "rdp": _rdp_epsilon, "gdp": _gdp_epsilon}[check_accountant(accountant)]
     eps = compute(noise_multiplier, sampling_rate, steps, delta)
     if math.isnan(eps):
         raise DpbenchError(f"the {accountant} accountant gave no ε for noise_multiplier={noise_multiplier:g}, "
@@ -104,6 +109,29 @@ def _rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha": the bound is still valid
         eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(eps)
+
+
+@functools.lru_cache(maxsize=512)
+def _gdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    try:
+        from opacus.accountants.analysis.gdp import compute_eps_poisson
+    except ImportError as err:
+        raise DpbenchError(f"the gdp accountant needs Opacus (pip install opacus): {err}") from None
+    try:
+        return float(compute_eps_poisson(steps=steps, noise_multiplier=sigma, sample_rate=q, delta=delta))
+    except ValueError:  # no root of the dual in Opacus' bracket ε ∈ [0, 500]
+        return math.inf
+
+
+def epsilons(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> dict[str, float]:
+    """ε of the same run by every accountant, {name: ε} (∞ where an accountant cannot bound it)."""
+    found = {}
+    for name in ACCOUNTANTS:
+        try:
+            found[name] = epsilon(noise_multiplier, sampling_rate, steps, delta, name)
+        except DpbenchError:  # e.g. PRV's grid would not fit: ε is very large there
+            found[name] = math.inf
+    return found
 
 
 @functools.lru_cache(maxsize=512)
@@ -142,7 +170,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sampling_rate: flo
     """The noise multiplier σ whose ε is at most `target_epsilon` and within 0.01 of it.
 
     A secant search on log ε against log σ, safeguarded by a bracket once it has one; see `_search`.
-    The PRV search starts from the RDP answer and the RDP curve's slope there, which are cheap.
+    The PRV and GDP searches start from the RDP answer and the RDP curve's slope there, which are cheap.
     """
     target = _check_positive_number("epsilon", target_epsilon)
     delta = _check_positive_number("delta", delta, 1.0)
@@ -158,7 +186,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sampling_rate: flo
         return start
     if 0 < rdp(start) < rdp(start / 1.05) < math.inf:
         slope = (math.log(rdp(start)) - math.log(rdp(start / 1.05))) / math.log(1.05)
-    return _search(lambda s: epsilon(s, sampling_rate, steps, delta, "prv"), target, start, slope)
+    return _search(lambda s: epsilon(s, sampling_rate, steps, delta, accountant), target, start, slope)
 
 
 def _search(eps_of, target: float, start: float, first_slope: float = -1.0, max_evaluations: int = 100) -> float:

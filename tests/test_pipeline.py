@@ -49,7 +49,9 @@ def expected_counts(config: dict) -> dict[str, int]:
                      for s in config["bench"]),
         "maxbatch": sum(prod(len(s[k]) for k in ("models", "image_sizes", "algorithms")) for s in config["maxbatch"]),
         "complexity": len({(m, i) for c in config["complexity"] for m, i in product(c["models"], c["image_sizes"])}),
-        "train": sum(len(r["algorithms"]) * len(r["epsilons"]) for r in config["train"]),
+        # nonprivate runs once per entry (no ε), every other algorithm once per ε
+        "train": sum(len(set(r["algorithms"]) - {"nonprivate"}) * len(r.get("epsilons", []))
+                     + ("nonprivate" in r["algorithms"]) for r in config["train"]),
         "profile": len({key for p in config["profile"]
                         for key in product(*(p[k] for k in ("models", "image_sizes", "batch_sizes", "algorithms")))}),
     }
@@ -64,7 +66,7 @@ def test_dry_run_lists_every_job(name, tmp_path):
     counts = job_counts(run.stdout + run.stderr)
     assert counts == expected_counts(yaml.safe_load(configfile.read_text()))
     if name == "paper":  # the paper's sweep, counted by hand
-        assert counts == {"bench": 230, "maxbatch": 100, "complexity": 11, "train": 8, "profile": 7} | AGGREGATES
+        assert counts == {"bench": 230, "maxbatch": 100, "complexity": 11, "train": 10, "profile": 7} | AGGREGATES
     else:  # every algorithm, two or three batch sizes, every stage
         config = yaml.safe_load(configfile.read_text())
         algorithms = {a for s in config["bench"] for a in s["algorithms"]}
@@ -133,6 +135,8 @@ def write_config(tmp_path: Path, change) -> Path:
     (lambda c: c["bench"][0].update(batch_sizes=[0]), "0 is less than the minimum of 1"),
     (lambda c: c["maxbatch"][0].update(memory_budget="lots"), "lots"),
     (lambda c: c["train"][0]["options"].update(out="x.json"), "out"),
+    (lambda c: c["train"][0].pop("epsilons"), "'epsilons' is a required property"),
+    (lambda c: c["train"][0].update(algorithms=["nonprivate"]), "should not be valid"),
     (lambda c: c.update(device="gpu"), "'gpu' does not match"),
     (lambda c: c["maxbatch"][0].update(name=c["bench"][0]["name"]), "names must be unique"),
     (lambda c: c["profile"][0].update(warmup=-1), "-1 is less than the minimum of 0"),

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,8 +56,13 @@ def maxbatch_result(algorithm, max_batch):
 
 
 def train_result(epsilon, accuracy):
+    if epsilon is None:  # the non-private ceiling
+        return {"kind": "train", "model": "cnn_mnist", "dataset": "fashion_mnist", "algorithm": "nonprivate",
+                "target_epsilon": None, "epsilon": None, "epsilon_by_accountant": None, "steps": 50, "epochs": 1,
+                "test_accuracy": accuracy, "wall_time_s": 10.0, "config": {"model": "cnn_mnist"}, "environment": ENV}
     return {"kind": "train", "model": "cnn_mnist", "dataset": "fashion_mnist", "algorithm": "mixed_ghost",
             "target_epsilon": epsilon, "epsilon": epsilon * 0.99, "delta": 1e-5, "noise_multiplier": 1.0,
+            "epsilon_by_accountant": {"prv": epsilon * 0.99, "rdp": epsilon * 1.1, "gdp": epsilon * 0.8},
             "accountant": "prv", "steps": 50, "epochs": 1, "test_accuracy": accuracy, "wall_time_s": 20.0,
             "config": {"model": "cnn_mnist", "dataset": "offline", "algorithm": "mixed_ghost", "epsilon": epsilon},
             "environment": ENV}
@@ -86,7 +92,7 @@ def results(tmp_path_factory):
         files["maxbatch"].append(write(root / f"maxbatch/{algorithm}.json", maxbatch_result(algorithm, max_batch)))
         at_max = bench_result("cnn", algorithm, max_batch, 2000.0 / SLOWDOWN[algorithm], 400)
         files["at_max"].append(write(root / f"at_max/{algorithm}.json", at_max))
-    for epsilon, accuracy in [(1, 0.70), (3, 0.80), (8, 0.84)]:
+    for epsilon, accuracy in [(1, 0.70), (3, 0.80), (8, 0.84), (None, 0.90)]:
         files["train"].append(write(root / f"train/{epsilon}.json", train_result(epsilon, accuracy)))
     complexity = root / "complexity/vgg11_s32.csv"
     assert main(["complexity", "--model", "vgg11", "--image-size", "32", "--out-csv", str(complexity)]) == 0
@@ -135,8 +141,13 @@ def test_maxbatch_table(tables):
 
 def test_accuracy_and_complexity_tables(tables):
     accuracy = pd.read_csv(tables / "accuracy.csv")
-    assert list(accuracy["target_epsilon"]) == [1, 3, 8]
-    assert accuracy["test_accuracy"].tolist() == [0.70, 0.80, 0.84]
+    private = accuracy[accuracy["algorithm"] == "mixed_ghost"]
+    assert list(private["target_epsilon"]) == [1, 3, 8]
+    assert private["test_accuracy"].tolist() == [0.70, 0.80, 0.84]
+    assert private["epsilon_gdp"].tolist() == pytest.approx([0.8, 2.4, 6.4])  # ε by every accountant
+    assert private["epsilon_rdp"].tolist() == pytest.approx([1.1, 3.3, 8.8])
+    ceiling = accuracy[accuracy["algorithm"] == "nonprivate"]
+    assert ceiling["test_accuracy"].tolist() == [0.90] and ceiling[["target_epsilon", "epsilon_prv"]].isna().all(axis=None)
     totals = pd.read_csv(tables / "complexity_totals.csv").set_index("algorithm")
     assert totals.loc["nonprivate", "time_vs_nonprivate"] == 1.0
     assert totals.loc["ghost", "ghost_layers"] + totals.loc["ghost", "instantiated_layers"] == totals.loc["ghost", "layers"]
@@ -163,6 +174,15 @@ def test_figures_are_drawn(tables, tmp_path):
         _assert_real_image(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("png", "pdf"))
+
+
+def test_accuracy_figure_draws_the_non_private_run_as_the_ceiling(tables):
+    figure = figures.accuracy_vs_epsilon(pd.read_csv(tables / "accuracy.csv"))
+    ax = figure.axes[0]
+    dashed = [line for line in ax.get_lines() if "ceiling" in line.get_label()]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(90.0)
+    assert "ceiling" in " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    matplotlib.pyplot.close(figure)
 
 
 def test_figures_without_data_say_so(tmp_path):

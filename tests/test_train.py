@@ -167,3 +167,76 @@ def test_fashion_mnist_recipe_is_a_valid_config():
     config = config_from_args(args)
     config.validate()
     assert (config.model, config.epsilon, config.delta) == ("cnn_mnist", 3.0, 1e-5)
+
+
+def test_private_fine_tuning_of_a_saved_checkpoint_leaves_frozen_weights_bit_identical(tmp_path):
+    """Train non-privately, save the weights (safetensors), fine-tune privately with the convolutional
+    backbone frozen: the frozen weights come out bit-identical, the rest moved."""
+    from safetensors.torch import save_file
+
+    pretrain = train(digits_config(tmp_path / "pre", algorithm="nonprivate", noise_multiplier=None, epochs=3,
+                                   batch_size=64, optimizer="adam", lr=0.003))
+    weights = torch.load(tmp_path / "pre" / "result.ckpt.pt", weights_only=False)["model"]
+    save_file(weights, tmp_path / "pretrained.safetensors")
+    config = digits_config(tmp_path / "fine", noise_multiplier=None, epsilon=3.0, accountant="gdp",
+                           pretrained_file=str(tmp_path / "pretrained.safetensors"), freeze=["features.*"])
+    result = train(config)
+    tuned = torch.load(config.checkpoint_path(), weights_only=False)["model"]
+    frozen = [k for k in weights if k.startswith("features.")]
+    assert frozen and result["frozen"] == frozen
+    assert all(torch.equal(weights[k], tuned[k]) for k in frozen)
+    assert not all(torch.equal(weights[k], tuned[k]) for k in weights if k not in frozen)
+    assert result["trainable_parameters"] + result["frozen_parameters"] == sum(v.numel() for v in weights.values())
+    assert pretrain["test_accuracy"] > 0.8 and result["test_accuracy"] > 0.6  # it started from the checkpoint
+    # σ was calibrated by GDP; the result gives ε by every accountant for the same run
+    assert result["epsilon"] == result["epsilon_by_accountant"]["gdp"] <= 3.0
+    assert result["epsilon_by_accountant"]["prv"] > result["epsilon"]
+    assert any("gdp accountant" in note for note in result["notes"])
+
+
+def test_validation_split_is_held_out_and_the_same_for_every_seed(tmp_path):
+    config = digits_config(tmp_path, validation_size=300, train_range="100:1437")
+    data = train_module.load_training_data(config)
+    again = train_module.load_training_data(digits_config(tmp_path, validation_size=300, train_range="100:1437",
+                                                          seed=5))
+    assert len(data.train) == 1037 and len(data.validation) == 300
+    assert torch.equal(data.validation.tensors[0], again.validation.tensors[0])
+    train_rows = {tuple(x.flatten().tolist()) for x in data.train.tensors[0]}
+    assert not any(tuple(x.flatten().tolist()) in train_rows for x in data.validation.tensors[0][:50])
+    result = train(config)
+    assert result["validation_size"] == 300 and 0 < result["validation_accuracy"] <= 1
+    assert "validation_accuracy" in result["history"][-1] and "examples 100:1437" in result["dataset_description"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-range", "5:2"], "--train-range '5:2' needs 0 <= START < STOP"),
+    (["--train-range", "0:5000"], "--train-range 0:5000 exceeds the 1437"),
+    (["--validation-size", "1437"], "--validation-size 1437 leaves no training example"),
+    (["--freeze", "conv*"], "--freeze pattern conv* matches no parameter of TanhCNN"),
+    (["--pretrained", "--pretrained-file", "w.pt"], "exclude each other"),
+    (["--pretrained-file", "absent.safetensors"], "absent.safetensors: no such file"),
+    (["--accountant", "moments"], "--accountant 'moments' is not one of: prv, rdp, gdp"),
+    (["--model", "beit_base_patch16_224", "--image-size", "32", "--algorithm", "opacus"],
+     "Opacus cannot compute per-sample gradients of module 'Beit'"),  # never a parameter trained on noise alone
+])
+def test_fine_tuning_options_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    code = run_cli(["train", "--dataset", "digits", "--epsilon", "3", "--out", str(tmp_path / "r.json"),
+                    "--no-progress"] + argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+
+
+def test_pattern_options_from_the_command_line_and_the_config_file(tmp_path):
+    from dpbench.cli import build_parser
+    from dpbench.commands.train import config_from_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("freeze: ['*cls_token', 'blocks.*.attn.qkv.weight']\ntrain-only: '*.bias'\n")
+    args = build_parser().parse_args(["train", "--config", str(recipe), "--epsilon", "1"])
+    config = config_from_args(args)
+    assert config.freeze == ["*cls_token", "blocks.*.attn.qkv.weight"] and config.train_only == ["*.bias"]
+    args = build_parser().parse_args(["train", "--config", str(recipe), "--train-only", "head.*", "*.bias"])
+    assert config_from_args(args).train_only == ["head.*", "*.bias"]
+    recipe.write_text("freeze: [1, 2]\n")
+    with pytest.raises(DpbenchError, match="freeze must be a string or a list of strings"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(recipe)]))

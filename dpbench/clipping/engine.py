@@ -4,6 +4,10 @@
     engine.backward(F.cross_entropy(model(x), y, reduction="none"))  # ADDS Σᵢ min(1, R/‖gᵢ‖)·gᵢ to p.grad
     engine.add_noise()   # once per logical batch: N(0, σ²R²) on every trainable p.grad
     engine.detach()
+
+Over W ranks (`world=`, see dpbench.distributed) each rank's backward adds the clipped sum of ITS samples
+(per-sample norms are local, so this is exact and needs no communication); add_noise then lets rank 0
+alone draw the noise and sums the gradients over the ranks in one all-reduce.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import nn
 
 from dpbench.clipping.algorithms import ALGORITHMS
 from dpbench.clipping.batchnorm import refuse_batchnorm
+from dpbench.distributed import World
 from dpbench.errors import DpbenchError
 
 
@@ -35,7 +40,7 @@ class PrivacyEngine:
     """Per-sample clipping and noise for a model, with the algorithm chosen by name."""
 
     def __init__(self, model: nn.Module, algorithm: str = "mixed_ghost", max_grad_norm: float = 1.0,
-                 noise_multiplier: float = 0.0, generator: torch.Generator | None = None):
+                 noise_multiplier: float = 0.0, generator: torch.Generator | None = None, world: World | None = None):
         if algorithm not in ALGORITHMS:
             raise DpbenchError(f"unknown algorithm '{algorithm}'; choose one of: {', '.join(ALGORITHMS)}")
         if not max_grad_norm > 0:
@@ -47,9 +52,12 @@ class PrivacyEngine:
         self.max_grad_norm = float(max_grad_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.generator = generator
+        self.world = world or World()
         self.parameters = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+        # requires_grad=False (dpbench.finetune.freeze_parameters): no gradient, no noise, no per-sample work
+        self.frozen_parameters = [n for n, p in model.named_parameters() if not p.requires_grad]
         self.per_sample_norms: torch.Tensor | None = None
-        # per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice
+        # per layer of the last backward: name, type, rule, T, d, p, groups, calls, choice, params, frozen
         self.layer_report: list[dict] = []
         if self.algorithm.backend != "plain":
             refuse_batchnorm(model)
@@ -92,22 +100,38 @@ class PrivacyEngine:
         self._backend.branch_timer = timer
 
     def add_noise(self) -> None:
-        """Add N(0, σ²R²) to every trainable parameter's gradient (creating zero gradients if absent).
-        A no-op for `nonprivate`, which is plain training: the speed and memory reference."""
+        """End of a logical batch: add N(0, σ²R²) to every trainable parameter's gradient (creating zero
+        gradients if absent). Over W ranks only rank 0 draws it, then one all-reduce sums the gradients,
+        so every rank holds the clipped sum of the whole logical batch plus ONE draw, the same draw as a
+        single process with the same generator. `nonprivate` (plain training, the speed and memory
+        reference) adds no noise; over W ranks its gradients are summed."""
         if self.algorithm.backend == "plain":
+            if self.world.distributed:
+                self.world.all_reduce_sum(self._gradients())
             return
         std = self.noise_multiplier * self.max_grad_norm
+        grads = self._gradients()
+        if std > 0 and self._draws_noise():
+            for p, grad in zip(self.parameters, grads):
+                if self.generator is not None and self.generator.device.type != p.device.type:
+                    raise DpbenchError(f"the noise generator is on {self.generator.device} but parameters are "
+                                       f"on {p.device}: pass a generator on the parameters' device")
+                # drawn in place into a fresh buffer, as fast as torch.normal on CPU (paper/engine_timings.md);
+                # noise is inherent to every private step
+                grad.add_(torch.empty_like(grad).normal_(0.0, std, generator=self.generator))
+        self.world.all_reduce_sum(grads)
+
+    def _draws_noise(self) -> bool:
+        """Whether this process draws the noise of a logical batch: the only one, or rank 0 of W."""
+        return self.world.is_main
+
+    def _gradients(self) -> list[torch.Tensor]:
+        """Every trainable parameter's gradient, zeros where none was formed (a rank without samples
+        still takes part in the all-reduce)."""
         for p in self.parameters:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            if std == 0:
-                continue
-            if self.generator is not None and self.generator.device.type != p.device.type:
-                raise DpbenchError(f"the noise generator is on {self.generator.device} but parameters are "
-                                   f"on {p.device}: pass a generator on the parameters' device")
-            # drawn in place into a fresh buffer, as fast as torch.normal on CPU (paper/engine_timings.md);
-            # noise is inherent to every private step
-            p.grad.add_(torch.empty_like(p.grad).normal_(0.0, std, generator=self.generator))
+        return [p.grad for p in self.parameters]
 
     def detach(self) -> None:
         """Remove every hook: the model is plain again."""

@@ -1,7 +1,12 @@
 """The real Opacus 1.6 library behind dpbench's engine contract, as an external baseline:
 `opacus` = GradSampleModule hooks (per-sample gradients of every layer), `opacus_ghost` = Opacus'
 fast-gradient/ghost clipping module with its two backward passes. Clip factors follow Opacus'
-own formula min(1, R/(‖gᵢ‖ + 1e-6))."""
+own formula min(1, R/(‖gᵢ‖ + 1e-6)).
+
+Opacus never gets to invent a gradient here: a trainable parameter that autograd reaches but for which
+Opacus produced no per-sample gradient (a weight used through `F.linear` outside its module, as timm's
+BEiT attention does) is refused with its name, and so is a trainable layer Opacus cannot hook (one
+with buffers). A parameter the forward did not use at all has a true per-sample gradient of zero."""
 
 from __future__ import annotations
 
@@ -13,6 +18,22 @@ from torch import nn
 from dpbench.errors import DpbenchError
 
 _INPLACE_HINTS = ("BackwardHookFunction", "modified inplace", "modified by an inplace")
+_HINT = "freeze it (dpbench train --freeze), or use one of dpbench's own algorithms (e.g. mixed_ghost)"
+
+
+def _unsupported_layer(model: nn.Module) -> DpbenchError:
+    """The error for Opacus' refusal of a trainable layer with buffers, naming the first such module."""
+    from opacus.grad_sample import GradSampleModule
+
+    for name, module in model.named_modules():
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        # Opacus hooks such a module through torch.func, which refuses buffers anywhere inside it
+        if own and list(module.buffers()) and type(module) not in GradSampleModule.GRAD_SAMPLERS:
+            listed = ", ".join(f"{name}.{n}" if name else n for n in own)
+            hint = _HINT.replace("freeze it", "freeze them")
+            return DpbenchError(f"Opacus cannot compute per-sample gradients of module '{name or type(model).__name__}' "
+                                f"({type(module).__name__}: a trainable layer with buffers inside) for {listed}: {hint}")
+    return DpbenchError(f"Opacus cannot hook this model (a trainable layer with buffers): {_HINT}")
 
 
 class OpacusBackend:
@@ -22,13 +43,19 @@ class OpacusBackend:
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 
         self.model, self.mode, self.max_grad_norm = model, mode, max_grad_norm
+        self.names = {id(p): n for n, p in model.named_parameters()}
         self.params = [p for p in model.parameters() if p.requires_grad]
-        if mode == "hooks":
-            self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
-        else:
-            self.gsm = GradSampleModuleFastGradientClipping(
-                model, batch_first=True, loss_reduction="sum", strict=False,
-                max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        try:
+            if mode == "hooks":
+                self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
+            else:
+                self.gsm = GradSampleModuleFastGradientClipping(
+                    model, batch_first=True, loss_reduction="sum", strict=False,
+                    max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        except NotImplementedError as err:
+            if "buffers" in str(err):
+                raise _unsupported_layer(model) from err
+            raise
         self.layer_report: list[dict] = []
         self._instance_forward = model.__dict__.get("forward")
         self._forward = model.forward
@@ -63,13 +90,20 @@ class OpacusBackend:
                 p.grad = old.add_(p.grad) if p.grad is not None else old
         return norms
 
+    def _missing(self, p: torch.Tensor) -> DpbenchError:
+        return DpbenchError(f"Opacus produced no per-sample gradient for trainable parameter "
+                            f"'{self.names[id(p)]}' (used outside its module's forward, e.g. through F.linear); "
+                            f"dpbench does not invent one: {_HINT}")
+
     def _hooks_backward(self, losses):
         losses.sum().backward()
         samples = []
         for p in self.params:
             gs = getattr(p, "grad_sample", None)
             if gs is None:
-                gs = torch.zeros(losses.shape[0], *p.shape, dtype=p.dtype, device=p.device)
+                if p.grad is not None:  # autograd reached it, Opacus did not
+                    raise self._missing(p)
+                gs = torch.zeros(losses.shape[0], *p.shape, dtype=p.dtype, device=p.device)  # unused: truly 0
             samples.append(gs)
         norms = torch.stack([gs.reshape(gs.shape[0], -1).norm(2, dim=1) for gs in samples]).norm(2, dim=0)
         coef = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
@@ -79,8 +113,14 @@ class OpacusBackend:
         return norms
 
     def _ghost_backward(self, losses):
+        for p in self.params:
+            p._norm_sample = None  # no stale norm of an earlier batch
         losses.sum().backward(retain_graph=True)
         for p in self.params:
+            if p._norm_sample is None:
+                if p.grad is not None:
+                    raise self._missing(p)
+                p._norm_sample = torch.zeros(losses.shape[0], dtype=losses.dtype, device=losses.device)
             p.grad = None
         coef = self.gsm.get_clipping_coef()
         norms = self.gsm.per_sample_gradient_norms

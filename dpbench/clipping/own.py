@@ -320,10 +320,15 @@ class OwnBackend:
 
     def _path(self, rule: LayerRule, calls: list[Call]) -> dict:
         """How the layer's per-sample gradients were found: `module` (a layer rule), `op` (the operations
-        consuming the parameters, named in `type`) or `replay` (the generic replay of a module)."""
+        consuming the parameters, named in `type`) or `replay` (the generic replay of a module); its
+        trainable `params` and the module's `frozen` ones, which get no per-sample work. A layer whose
+        parameters are all frozen has no rule and no row."""
         path = "op" if isinstance(rule, OpRule) else "replay" if isinstance(rule, GenericRule) else "module"
         kind = rule.sites(calls) if isinstance(rule, OpRule) else type(rule.module).__name__
-        return {"type": kind, "path": path, "params": [self._full_names[id(p)] for p in rule.params.values()]}
+        frozen = [] if isinstance(rule, OpRule) else [
+            self._full_names[id(p)] for p in rule.module.parameters(recurse=False) if not p.requires_grad]
+        return {"type": kind, "path": path, "params": [self._full_names[id(p)] for p in rule.params.values()],
+                "frozen": frozen}
 
     def _chunks(self, rule: LayerRule, calls: list[Call], choice: str):
         """The calls in batch chunks whose temporaries (unfolded inputs, Gram matrices, per-sample

@@ -14,10 +14,13 @@ from dpbench.results import write_json_atomic
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput and peak memory of one configuration (fresh process)")
     add_config_arguments(p, steps=10, warmup=3)
-    p.add_argument("--batch-size", type=positive_int, required=True)
+    p.add_argument("--batch-size", type=positive_int, required=True, help="examples per rank and step")
     p.add_argument("--memory-budget", type=memory_size, default=None,
                    help="memory the step may use, e.g. 16GiB (a smaller GPU on a larger one); "
                         "over it the result is out of memory (default: the device's memory)")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel ranks on this machine (torchrun; gloo on CPU, nccl on CUDA): each runs "
+                        "--batch-size examples, the gradients are all-reduced every step (default: 1)")
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=run)
 
@@ -25,7 +28,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     config = config_from_args(args, args.batch_size)
     try:
-        result = bench_result(config, args.memory_budget)
+        result = bench_result(config, args.memory_budget, args.nproc)
     except MeasurementFailed as failure:
         sys.stderr.write(failure.log)
         print(f"dpbench bench: error: {failure}", file=sys.stderr)
@@ -38,7 +41,8 @@ def run(args) -> int:
 def summary(result: dict) -> str:
     """One line for the terminal."""
     c = result["config"]
-    name = f"{c['algorithm']} {c['model']} batch {c['batch_size']} {c['image_size']}² {c['device']}"
+    ranks = f" x {c['nproc']} ranks" if c.get("nproc", 1) > 1 else ""
+    name = f"{c['algorithm']} {c['model']} batch {c['batch_size']}{ranks} {c['image_size']}² {c['device']}"
     if result["oom"]:
         budget = result["config"].get("memory_budget_bytes")
         within = f" within the budget of {format_bytes(budget)}" if budget else ""

@@ -10,7 +10,8 @@ from dpbench.accounting import ACCOUNTANTS, epsilon
 def add_accountant_arguments(parser) -> None:
     """--accountant and --json, shared with `dpbench noise`."""
     parser.add_argument("--accountant", choices=ACCOUNTANTS, default="prv",
-                        help="prv: upper bound of the PRV accountant (default); rdp: Opacus' RDP analysis")
+                        help="prv: upper bound of the PRV accountant (default); rdp: Opacus' RDP analysis; "
+                             "gdp: Opacus' Gaussian-DP (CLT) approximation, not an upper bound")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
 
 

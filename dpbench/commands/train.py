@@ -2,6 +2,10 @@
 
 Options come from `dpbench.train.TrainConfig`; `--config FILE.yaml` sets any of them (keys with - or _),
 and options given on the command line override the file.
+
+Data-parallel over N processes: `torchrun --nproc-per-node N -m dpbench train ...` (multi-node with
+--nnodes/--rdzv-endpoint), or `srun -n N python -m dpbench train ...` in a SLURM job; the logical batches,
+the noise and ε are those of one process, and rank 0 writes the result.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ HELP = {
     "epsilon": "target ε: σ is calibrated before training (give this or --noise-multiplier)",
     "delta": "δ of the (ε, δ) guarantee",
     "noise_multiplier": "noise multiplier σ instead of a target ε",
-    "accountant": "privacy accountant: prv (upper bound) or rdp",
+    "accountant": "accountant that calibrates σ and reports ε: prv (upper bound), rdp, or gdp (Opacus' Gaussian-DP "
+                  "approximation, the paper's reference code); the result gives ε by all three",
     "max_grad_norm": "per-sample clipping norm R",
     "epochs": "epochs (expected passes over the training set)",
     "batch_size": "expected logical batch size L (Poisson rate q = L/N); one noisy step per logical batch",
@@ -37,6 +42,15 @@ HELP = {
     "image_size": "input size of the model; the data is resized to it (default: the dataset's)",
     "pretrained": "load pretrained timm weights",
     "allow_random_init": "with --pretrained: continue with random weights when none can be loaded",
+    "pretrained_file": "load every weight from this local file (safetensors, torch state dict or a dpbench train "
+                       "checkpoint); keys and shapes must match; never touches the network",
+    "freeze": "freeze the parameters whose names match any of these fnmatch patterns (e.g. '*cls_token' "
+              "'*.attn.qkv.weight'): no gradient, no noise, no per-sample work",
+    "train_only": "train only the parameters matching these fnmatch patterns (e.g. '*.bias' = BiTFiT, 'head.*')",
+    "train_range": "train on examples START:STOP of the training set in its stored order (e.g. 0:30000)",
+    "validation_size": "hold out this many training examples (after --train-range) for validation, evaluated "
+                       "every epoch; choose hyper-parameters on it, not on the test set",
+    "split_seed": "seed of the validation split (independent of --seed, so every seed sees the same split)",
     "train_size": "train on a seeded random subset of this many examples (q = L / this); quick runs",
     "data_dir": "directory of the datasets",
     "download": "download the dataset if it is missing (CIFAR; needs a network)",
@@ -49,6 +63,7 @@ HELP = {
     "checkpoint": "checkpoint file (default: the result path with suffix .ckpt.pt)",
     "resume": "continue from the checkpoint if it exists (else start afresh)",
     "progress": "show a progress bar",
+    "dist_timeout": "seconds a collective waits for the other ranks (torchrun/srun runs) before the run ends",
 }
 
 
@@ -62,11 +77,13 @@ def register(subparsers) -> None:
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{HELP[field.name]} (default: {field.default})")
+        elif typing.get_origin(base) is list:
+            p.add_argument(flag, nargs="+", default=None, metavar="PATTERN", help=HELP[field.name])
         else:
-            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
             p.add_argument(flag, type=base, default=None, metavar=METAVARS[base],
                            help=f"{HELP[field.name]} (default: {field.default})")
     p.set_defaults(func=run)
@@ -104,6 +121,11 @@ def _coerce(path: Path, key: str, value, kind):
     if value is None and len(allowed) < len(typing.get_args(kind)):
         return None
     base = allowed[0]
+    if typing.get_origin(base) is list:
+        values = [value] if isinstance(value, str) else value
+        if isinstance(values, list) and values and all(isinstance(v, str) for v in values):
+            return values
+        raise DpbenchError(f"--config {path}: {key} must be a string or a list of strings, got {value!r}")
     if base is bool:
         if isinstance(value, bool):
             return value

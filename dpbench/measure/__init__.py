@@ -11,9 +11,10 @@ from dataclasses import replace
 
 import torch
 
+from dpbench.errors import DpbenchError
 from dpbench.measure.child import CPU_METHOD, CUDA_METHOD
 from dpbench.measure.config import BenchConfig
-from dpbench.measure.runner import MeasurementFailed, run_in_fresh_process
+from dpbench.measure.runner import MeasurementFailed, run_in_fresh_process, run_ranks
 from dpbench.measure.search import ProbeResult, SearchResult, search_max_batch
 from dpbench.results import environment
 
@@ -21,18 +22,24 @@ __all__ = ["BenchConfig", "MeasurementFailed", "ProbeResult", "SearchResult", "b
            "maxbatch_result", "probe", "search_max_batch"]
 
 
-def bench_result(config: BenchConfig, memory_budget_bytes: int | None = None) -> dict:
-    """The `kind: bench` result of one configuration, measured in a fresh process. With a memory
-    budget the step must fit it (CUDA: the caching allocator is capped at it; CPU: the process is
-    stopped when its memory grows past it): a configuration over the budget is an out-of-memory result,
-    as on a GPU with only that much memory."""
-    measured = _measure_within(config, memory_budget_bytes, record_environment=True)
-    if memory_budget_bytes is not None and _over_budget(measured, memory_budget_bytes) and not measured["oom"]:
-        measured.update(oom=True, error=f"peak memory {measured['peak_memory_bytes']} B is above the memory budget "
-                                        f"of {memory_budget_bytes} B", step_time_s=None, throughput_img_s=None)
+def bench_result(config: BenchConfig, memory_budget_bytes: int | None = None, nproc: int = 1) -> dict:
+    """The `kind: bench` result of one configuration, measured in a fresh process, or on `nproc` ranks
+    (torchrun; each rank its own batch of config.batch_size, the gradients all-reduced every step).
+    With a memory budget the step must fit it (CUDA: the caching allocator is capped at it; CPU: the
+    process is stopped when its memory grows past it): a configuration over the budget is an
+    out-of-memory result, as on a GPU with only that much memory."""
+    if nproc > 1:
+        if memory_budget_bytes is not None:
+            raise DpbenchError("a memory budget applies to one process: measure it without --nproc")
+        measured = run_ranks(config, nproc)
+    else:
+        measured = _measure_within(config, memory_budget_bytes, record_environment=True)
+        if memory_budget_bytes is not None and _over_budget(measured, memory_budget_bytes) and not measured["oom"]:
+            measured.update(oom=True, error=f"peak memory {measured['peak_memory_bytes']} B is above the memory "
+                                            f"budget of {memory_budget_bytes} B", step_time_s=None, throughput_img_s=None)
     env = measured.pop("environment", None) or environment(config.device, config.dtype, config.seed)
-    return {"kind": "bench", "config": {**config.as_dict(), "memory_budget_bytes": memory_budget_bytes},
-            **measured, "environment": env}
+    return {"kind": "bench", "config": {**config.as_dict(), "memory_budget_bytes": memory_budget_bytes, "nproc": nproc},
+            "world_size": nproc, "global_batch_size": nproc * config.batch_size, **measured, "environment": env}
 
 
 def _measure_within(config: BenchConfig, memory_budget_bytes: int | None, record_environment: bool) -> dict:

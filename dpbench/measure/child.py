@@ -9,6 +9,11 @@ peak RSS of this process minus the baseline (the peak is reset to the baseline f
 Step memory (`step_memory_bytes`, measured in two untimed steps before the warm-up): the growth of a
 step over the memory in use just before it: activations, gradients and the algorithm's buffers, not
 the model or optimizer state (see `step_memory_growth`). The overall peak counts from the warm-up on.
+
+Launched by torchrun (`dpbench bench --nproc N`), each of the N ranks runs this with its own batch of
+`batch_size` examples (N x batch_size per step), the engine sums the gradients over the ranks once per
+step (rank 0 adds the noise), the ranks meet at a barrier before each timed step, and each rank writes
+its own result file (RESULT.rankR).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dpbench.device import select, synchronize
+from dpbench.distributed import World, init_world
 from dpbench.errors import DpbenchError
 from dpbench.measure.config import BenchConfig
 from dpbench.measure.memory import (current_rss_bytes, peak_rss_bytes, release_freed_memory_promptly,
@@ -60,8 +66,8 @@ def _quantiles(values: list[float]) -> dict:
     return {"median": statistics.median(ordered), "q25": q25, "q75": q75}
 
 
-def build(config: BenchConfig, device: torch.device):
-    """Model, engine, optimizer and the fixed synthetic batch of one configuration."""
+def build(config: BenchConfig, device: torch.device, world: World | None = None):
+    """Model, engine, optimizer and the fixed synthetic batch of one configuration (each rank its own)."""
     from dpbench.clipping import PrivacyEngine, replace_batchnorm
     from dpbench.models import create_model, default_image_size
 
@@ -75,9 +81,9 @@ def build(config: BenchConfig, device: torch.device):
     model = model.to(device=device, dtype=dtype).train()
     generator = torch.Generator(device=device).manual_seed(config.seed)
     engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
-                           noise_multiplier=config.noise_multiplier, generator=generator)
+                           noise_multiplier=config.noise_multiplier, generator=generator, world=world)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    data_generator = torch.Generator().manual_seed(config.seed)
+    data_generator = torch.Generator().manual_seed(config.seed + (world.rank if world else 0))
     x = torch.randn(config.batch_size, 3, image_size, image_size, generator=data_generator).to(device, dtype)
     y = torch.randint(0, config.num_classes, (config.batch_size,), generator=data_generator).to(device)
     info = {"batchnorm_replaced": has_batchnorm,
@@ -94,9 +100,13 @@ def train_step(model, engine, optimizer, x, y) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_bytes: int | None = None) -> dict:
-    """Run one configuration in this (fresh) process and return the measured fields of the result."""
-    device = select(config.device)
+def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_bytes: int | None = None,
+             world: World | None = None) -> dict:
+    """Run one configuration in this (fresh) process, one rank of `world`, and return the measured fields
+    of the result."""
+    world = world or World()
+    # a rank works on the GPU of its LOCAL_RANK, made current by init_world
+    device = select("cuda" if world.distributed and config.device.startswith("cuda") else config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cuda":
@@ -119,7 +129,7 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
               "cpu_peak_reset": peak_reset if device.type == "cpu" else None}
     info = {}
     try:
-        model, engine, optimizer, x, y, info = build(config, device)
+        model, engine, optimizer, x, y, info = build(config, device, world)
         step_memory = step_memory_growth(device, lambda: train_step(model, engine, optimizer, x, y))
         for _ in range(config.warmup):
             train_step(model, engine, optimizer, x, y)
@@ -127,8 +137,10 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times, cpu_times = [], []
+        reduced_before = world.bytes_reduced
         for _ in range(config.steps):
             synchronize(device)
+            world.barrier()  # every rank starts the step together: the all-reduce waits for the slowest
             start, cpu_start = time.perf_counter(), time.process_time()
             train_step(model, engine, optimizer, x, y)
             synchronize(device)
@@ -144,7 +156,8 @@ def measure(config: BenchConfig, status_path: Path | None = None, memory_budget_
     result.update(info)
     if times is not None:
         result["step_time_s"] = {**_quantiles(times), "min": min(times), "max": max(times), "samples": times}
-        result["throughput_img_s"] = _quantiles([config.batch_size / t for t in times])
+        result["throughput_img_s"] = _quantiles([world.size * config.batch_size / t for t in times])
+        result["allreduce_bytes_per_step"] = (world.bytes_reduced - reduced_before) / config.steps
         # CPU seconds of this process (all threads) per step: on a shared machine, wall ≫ cpu/threads
         # means the run waited for cores that other work held
         result["step_cpu_time_s"] = {**_quantiles(cpu_times), "samples": cpu_times}
@@ -197,14 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-environment", action="store_true", help="skip the environment record (probes)")
     args = parser.parse_args(argv)
     config = BenchConfig.from_dict(json.loads(args.config))
+    world = World()
     try:
-        result = measure(config, args.status, args.memory_budget_bytes)
+        world = init_world(torch.device(config.device).type)
+        if world.distributed:
+            args.result = args.result.with_name(f"{args.result.name}.rank{world.rank}")
+        result = measure(config, args.status if world.is_main else None, args.memory_budget_bytes, world)
     except DpbenchError as error:
         args.result.write_text(json.dumps({"user_error": str(error)}))
         return 2
     except Exception:  # noqa: BLE001 (shown by the parent, which aborts)
         traceback.print_exc()
         return 1
+    finally:
+        world.close()
+    result["world"] = world.describe()
     if not args.no_environment:
         from dpbench.results import environment
 

@@ -81,6 +81,37 @@ def run_in_fresh_process(config: BenchConfig, cpu_memory_budget: int | None = No
         return json.loads(result_path.read_text())
 
 
+def run_ranks(config: BenchConfig, nproc: int) -> dict:
+    """Measure `config` on `nproc` ranks launched by torchrun on this machine (each with its own batch of
+    config.batch_size); returns rank 0's result fields with every rank's peak memory and the largest as
+    `peak_memory_bytes`. No memory guard: for throughput, not for maxbatch probes."""
+    from dpbench.distributed import free_port
+
+    with tempfile.TemporaryDirectory(prefix="dpbench-measure-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                   "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dpbench.measure",
+                   "--config", json.dumps(config.as_dict()), "--result", str(result_path)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(config.threads or 1)}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=die_with_parent)
+        ranks = [Path(f"{result_path}.rank{r}") for r in range(nproc)]
+        results = [json.loads(r.read_text()) for r in ranks if r.exists()]
+        errors = [r["user_error"] for r in results if "user_error" in r]
+        if errors:
+            raise DpbenchError(errors[0])
+        if done.returncode != 0 or len(results) != nproc:
+            log = done.stdout + done.stderr
+            last = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "")
+            raise MeasurementFailed(f"torchrun with {nproc} ranks exited with {done.returncode}: {last}", log)
+    combined = results[0]
+    peaks = [r.get("peak_memory_bytes") for r in results]
+    combined["peak_memory_bytes_by_rank"] = peaks
+    combined["oom"] = any(r["oom"] for r in results)
+    if all(p is not None for p in peaks):
+        combined["peak_memory_bytes"] = max(peaks)
+    return combined
+
+
 def die_with_parent() -> None:
     """In the child before exec (Linux): get SIGKILL when the parent dies, e.g. when a job is cancelled."""
     if sys.platform.startswith("linux"):

@@ -211,23 +211,33 @@ def throughput_vs_batch(throughput: pd.DataFrame) -> plt.Figure:
 
 
 def accuracy_vs_epsilon(accuracy: pd.DataFrame) -> plt.Figure:
-    """Test accuracy against the target epsilon, one line per algorithm and (model, dataset)."""
+    """Test accuracy against the target epsilon, one line per algorithm and (model, dataset); each
+    non-private run (no ε) is a dashed horizontal line: the ceiling of its (model, dataset)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    data = accuracy[accuracy["test_accuracy"].notna()]
-    if data.empty:
-        _empty(ax, "no training result")
-        return fig
-    data, hue_order, colours = _labelled(data)
+    data = accuracy[accuracy["test_accuracy"].notna()].copy()
     data["accuracy_pct"] = np.where(data["test_accuracy"] <= 1, 100 * data["test_accuracy"], data["test_accuracy"])
     data["Run"] = data["model"] + " on " + data["dataset"].astype(str)
-    sns.lineplot(data=data, x="target_epsilon", y="accuracy_pct", hue="Algorithm", hue_order=hue_order,
-                 palette=colours, style="Run", markers=True, markersize=8, errorbar=None, ax=ax)
+    ceilings = data[data["target_epsilon"].isna() & (data["algorithm"] == "nonprivate")]
+    private = data[data["target_epsilon"].notna()]
+    if private.empty and ceilings.empty:
+        _empty(ax, "no training result")
+        return fig
+    if not private.empty:
+        private, hue_order, colours = _labelled(private)
+        sns.lineplot(data=private, x="target_epsilon", y="accuracy_pct", hue="Algorithm", hue_order=hue_order,
+                     palette=colours, style="Run", markers=True, markersize=8, errorbar=None, ax=ax)
+    colour = palette(["nonprivate"])[algorithm_label("nonprivate")]
+    for run, group in ceilings.groupby("Run", sort=True):
+        ax.axhline(group["accuracy_pct"].max(), color=colour, linestyle="--", linewidth=1.2,
+                   label=f"{algorithm_label('nonprivate')} ceiling, {run}")
     low, high = data["accuracy_pct"].min(), data["accuracy_pct"].max()
     ax.set_ylim(max(0.0, min(low - 2, high - 10)), min(100.0, high + 2))  # a 10-point window at least
     ax.set_xlabel("target ε (δ as in the run)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy of DP training vs ε ({_devices(data)})")
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    if private.empty:  # only ceilings: the x axis has no ε to show
+        ax.set_xticks([])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpbench.accounting import ACCOUNTANTS
 from dpbench.errors import DpbenchError
 from dpbench.failures import is_failure
 
@@ -131,12 +132,20 @@ def train_frame(paths) -> pd.DataFrame:
             "epochs": r.get("epochs"), "steps": r.get("steps"), "expected_batch_size": r.get("expected_batch_size"),
             "test_accuracy": r.get("test_accuracy"), "wall_time_s": r.get("wall_time_s"),
             "device": device_label(r["environment"]),
+            **{f"epsilon_{name}": (r.get("epsilon_by_accountant") or {}).get(name) for name in ACCOUNTANTS},
+            "sampling": r.get("sampling", c.get("sampling")), "frozen_tensors": len(r.get("frozen") or []),
+            "trainable_parameters": r.get("trainable_parameters"), "validation_accuracy": r.get("validation_accuracy"),
+            "mean_epoch_time_s": r.get("mean_epoch_time_s"),
         })
     return pd.DataFrame(rows, columns=TRAIN_COLUMNS)
 
 
 TRAIN_COLUMNS = ["model", "dataset", "algorithm", "target_epsilon", "epsilon", "delta", "noise_multiplier",
-                 "accountant", "epochs", "steps", "expected_batch_size", "test_accuracy", "wall_time_s", "device"]
+                 "accountant", "epochs", "steps", "expected_batch_size", "test_accuracy", "wall_time_s", "device",
+                 *(f"epsilon_{name}" for name in ACCOUNTANTS), "sampling", "frozen_tensors", "trainable_parameters",
+                 "validation_accuracy", "mean_epoch_time_s"]
+"""The accuracy table's columns: epsilon is by the run's own accountant, epsilon_prv/rdp/gdp by each
+accountant for the same σ, q and steps (empty for non-private runs and results written before them)."""
 
 
 def complexity_frame(paths) -> pd.DataFrame:

@@ -136,7 +136,8 @@ def maxbatch(maxbatch_results: pd.DataFrame, bench_at_max: pd.DataFrame) -> pd.D
 
 
 def accuracy(train: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy of each DP training run, with the target and the spent epsilon."""
+    """Test accuracy of each training run, with the target and the spent epsilon (by the run's accountant and
+    by each of prv, rdp, gdp); non-private runs (the ceiling) have no epsilon."""
     return _sort(train.copy(), ["device", "dataset", "model", "algorithm", "target_epsilon"])
 
 

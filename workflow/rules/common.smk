@@ -53,7 +53,7 @@ wildcard_constraints:
     algorithm=r"[a-z_]+",
     image_size=r"\d+",
     batch_size=r"\d+",
-    epsilon=r"\d+(\.\d+)?",
+    epsilon=r"\d+(\.\d+)?|inf",
 
 
 def dpbench_command():
@@ -123,8 +123,14 @@ def guarded(kind):
 
 
 def fmt_epsilon(epsilon):
-    """The epsilon as it appears in file names: 1, 2, 2.93."""
+    """The epsilon as it appears in file names: 1, 2, 2.93; inf for a non-private run."""
     return f"{float(epsilon):g}"
+
+
+def train_keys(run):
+    """(algorithm, epsilon) of every job of a train entry: nonprivate once at ε = inf, the others per ε."""
+    keys = [(a, fmt_epsilon(e)) for a, e in product(run["algorithms"], run.get("epsilons", [])) if a != "nonprivate"]
+    return keys + [("nonprivate", "inf")] * ("nonprivate" in run["algorithms"])
 
 
 def train_checkpoint(wildcards):
@@ -200,9 +206,9 @@ def complexity_files():
 
 def train_files():
     return [
-        TRAIN.format(run=r["name"], algorithm=a, epsilon=fmt_epsilon(e))
+        TRAIN.format(run=r["name"], algorithm=a, epsilon=e)
         for r in config["train"]
-        for a, e in product(r["algorithms"], r["epsilons"])
+        for a, e in train_keys(r)
     ]
 
 
@@ -242,11 +248,14 @@ def maxbatch_options(wildcards):
 def train_options(wildcards):
     """The run's model, data and extra `dpbench train` options (true -> --flag, false -> --no-flag)."""
     run = TRAIN_RUNS[wildcards.run]
-    words = ["--model", run["model"], "--dataset", run["dataset"], "--algorithm", wildcards.algorithm,
-             "--epsilon", wildcards.epsilon]
+    words = ["--model", run["model"], "--dataset", run["dataset"], "--algorithm", wildcards.algorithm]
+    if wildcards.epsilon != "inf":
+        words += ["--epsilon", wildcards.epsilon]
     for key, value in run["options"].items():
         if isinstance(value, bool):
             words.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            words += [f"--{key}", *map(str, value)]
         else:
             words += [f"--{key}", str(value)]
     return f"{shlex.join(words)} {device_options()}"

@@ -21,5 +21,6 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("train") + " train {params.options}"
+        # HF_HUB_OFFLINE: a job never downloads weights (README, "When a run touches the network")
+        "HF_HUB_OFFLINE=1 OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("train") + " train {params.options}"
         " --threads {threads} --checkpoint {params.checkpoint} --resume --out {output.json} > {log} 2>&1"
