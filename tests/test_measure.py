@@ -261,3 +261,14 @@ def test_guard_passes_a_result_through(tmp_path):
     ok = ["bench", "--algorithm", "nonprivate", *TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0"]
     assert guard(out, "--attempt", "1", "--attempts", "1", command=ok) == 0
     assert json.loads(out.read_text())["kind"] == "bench" and "status" not in json.loads(out.read_text())
+
+
+def test_bench_refuses_opacus_where_it_would_invent_a_gradient(tmp_path, capsys):
+    """timm's BEiT: Opacus produces no per-sample gradient for cls_token (a trainable root with buffers):
+    one line naming it, with the hint, exit 2, no result (the pipeline's guard records it as an error)."""
+    out = tmp_path / "b.json"
+    code = main(["bench", "--algorithm", "opacus", "--model", "beit_base_patch16_224", "--image-size", "32",
+                 "--batch-size", "2", "--steps", "1", "--warmup", "0", "--threads", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert len(err) == 1 and "cls_token" in err[0] and "freeze" in err[0] and "mixed_ghost" in err[0]
