@@ -61,6 +61,9 @@ class OwnBackend:
         self.rules: dict[object, LayerRule] = {}  # module (or the operation rule itself) -> rule
         self._order = {m: i for i, m in enumerate(model.modules())}
         self._full_names = {id(p): n for n, p in model.named_parameters()}
+        # each module's frozen parameters, for the layer report (fixed for the engine's life)
+        self._frozen_names = {m: names for m in model.modules() if (names := [
+            self._full_names[id(p)] for p in m.parameters(recurse=False) if not p.requires_grad])}
         for name, module in model.named_modules():
             rule = specific_rule(module, name or type(model).__name__)
             if rule is not None:
@@ -325,8 +328,7 @@ class OwnBackend:
         parameters are all frozen has no rule and no row."""
         path = "op" if isinstance(rule, OpRule) else "replay" if isinstance(rule, GenericRule) else "module"
         kind = rule.sites(calls) if isinstance(rule, OpRule) else type(rule.module).__name__
-        frozen = [] if isinstance(rule, OpRule) else [
-            self._full_names[id(p)] for p in rule.module.parameters(recurse=False) if not p.requires_grad]
+        frozen = [] if isinstance(rule, OpRule) else self._frozen_names.get(rule.module, [])
         return {"type": kind, "path": path, "params": [self._full_names[id(p)] for p in rule.params.values()],
                 "frozen": frozen}
 
