@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -222,3 +223,24 @@ def rank_device(device: torch.device, world: World) -> torch.device:
     if device.type == "cuda" and world.distributed:
         return torch.device("cuda", world.local_rank % max(1, torch.cuda.device_count()))
     return device
+
+
+def rank_command(python_args: list[str], ranks: int, nodes: int = 1, threads: int = 1, gpus_per_rank: int = 0,
+                 env: dict | None = None) -> list[str]:
+    """The command that runs `python python_args…` as `ranks` ranks: one plain process for one rank; inside
+    a SLURM allocation (SLURM_JOB_ID set, srun on PATH) `srun` with that many tasks over `nodes` nodes,
+    each with `threads` CPUs and `gpus_per_rank` GPUs; elsewhere torchrun on this machine."""
+    env = os.environ if env is None else env
+    if ranks < 1 or nodes < 1 or nodes > ranks:
+        raise DpbenchError(f"{ranks} ranks on {nodes} nodes: need 1 <= nodes <= ranks")
+    python = [sys.executable, *python_args]
+    if ranks == 1:
+        return python
+    if env.get("SLURM_JOB_ID") and shutil.which("srun", path=env.get("PATH")):
+        gpus = [f"--gpus-per-task={gpus_per_rank}"] if gpus_per_rank else []
+        return ["srun", f"--ntasks={ranks}", f"--nodes={nodes}", f"--cpus-per-task={threads}", *gpus,
+                "--kill-on-bad-exit=1", *python]
+    if nodes > 1:
+        raise DpbenchError(f"{nodes} nodes need a SLURM allocation (srun); outside SLURM the ranks of a run share "
+                           "this machine (nodes: 1), or start torchrun on each node yourself")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *python_args]

@@ -3,11 +3,14 @@ noise is added once per logical batch, and the traffic is one all-reduce of the 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 import distributed_workers as workers
-from dpbench.distributed import World, launch_environment
+from dpbench.distributed import World, launch_environment, rank_command
+from dpbench.errors import DpbenchError
 from dpbench.sampling import rank_share
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -83,6 +86,28 @@ def test_launch_environment_of_torchrun_and_srun():
                                "SLURM_JOB_ID": "1234", "SLURM_STEP_NODELIST": "gpu[07-08]", "PATH": ""})
     assert (srun["rank"], srun["size"], srun["local_rank"], srun["launcher"]) == (3, 4, 1, "srun")
     assert srun["master_port"] == "29734"
+
+
+def test_rank_command_picks_the_launcher(tmp_path):
+    """One rank: the plain process; inside a SLURM allocation: srun tasks with their CPUs and GPUs; on a
+    machine without SLURM: torchrun; several nodes without SLURM, or more nodes than ranks: refused."""
+    module = ["-m", "dpbench", "train", "--model", "cnn"]
+    assert rank_command(module, 1) == [sys.executable, *module]
+    local = rank_command(module, 3, env={"PATH": ""})
+    assert local == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", *module]
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    inside = {"SLURM_JOB_ID": "7", "PATH": str(tmp_path)}
+    assert rank_command(module, 4, nodes=2, threads=3, gpus_per_rank=1, env=inside) == [
+        "srun", "--ntasks=4", "--nodes=2", "--cpus-per-task=3", "--gpus-per-task=1", "--kill-on-bad-exit=1",
+        sys.executable, *module]
+    assert "--gpus-per-task=1" not in rank_command(module, 2, env=inside)
+    assert rank_command(module, 2, env={"PATH": str(tmp_path)})[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    with pytest.raises(DpbenchError, match="2 nodes need a SLURM allocation"):
+        rank_command(module, 4, nodes=2, env={"PATH": ""})
+    with pytest.raises(DpbenchError, match="need 1 <= nodes <= ranks"):
+        rank_command(module, 2, nodes=3, env=inside)
 
 
 def test_bench_on_two_ranks_records_the_all_reduce(tmp_path):

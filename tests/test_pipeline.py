@@ -121,6 +121,54 @@ def test_dry_run_of_the_slurm_profile(tmp_path):
         assert order == (table4 if position == 0 else table4[::-1]), order
 
 
+def test_dry_run_of_several_ranks_on_slurm(tmp_path):
+    """What a data-parallel job asks SLURM for: a train run of 4 ranks over 2 nodes is one job of 4 tasks
+    (the plugin's mpi resource: the command starts them with srun), one CPU each, one GPU per task on
+    CUDA, memory per node for 2 ranks; a bench sweep on 2 ranks is one task with 2 CPUs and 2 GPUs."""
+    config = yaml.safe_load((REPO / ".test/config/ranks.yaml").read_text())
+    config["device"] = "cuda"
+    config["train"][0].update(ranks=4, nodes=2)
+    path = tmp_path / "ranks.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--profile", "slurm", "--configfile", str(path),
+                          "--directory", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=180)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    train = re.search(r"rule train_ranks:.*?resources: ([^\n]*).*?Shell command: ([^\n]*)", output, re.S)
+    resources = dict(item.split("=", 1) for item in train.group(1).split(", "))
+    assert {k: resources.get(k) for k in ("tasks", "nodes", "mpi", "cpus_per_task", "gpu", "tasks_per_gpu", "mem_mb")} \
+        == {"tasks": "4", "nodes": "2", "mpi": "srun", "cpus_per_task": "1", "gpu": "4", "tasks_per_gpu": "1",
+            "mem_mb": "2000"}, train.group(1)
+    assert "--ranks 4 --nodes 2 --cpus-per-rank 1 --gpus-per-rank 1 --" in train.group(2)
+    bench = re.search(r"rule bench:.*?output: results/bench/two_ranks\S*.*?resources: ([^\n]*)", output, re.S).group(1)
+    assert "gpu=2" in bench and "tasks" not in bench and "mpi" not in bench, bench
+    local = snakemake("-n", "--cores", "4", "--configfile", str(REPO / ".test/config/ranks.yaml"), cwd=tmp_path)
+    blocks = (local.stdout + local.stderr).split("\n\n")
+    assert [re.search(r"threads: (\d+)", b).group(1) for b in blocks if "output: results/bench/two_ranks" in b
+            or "rule train" in b] == ["2", "2"]  # local scheduling counts every rank's CPUs
+
+
+@pytest.mark.slow
+def test_several_ranks_end_to_end(tmp_path):
+    """The data-parallel jobs on this machine: the 2-rank train run under torchrun and the 2-rank bench
+    sweep, with the ranks in the tables and the scaling table against the 1-rank sweep."""
+    run = snakemake("--cores", "2", "--configfile", str(REPO / ".test/config/ranks.yaml"), cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    train = json.loads((tmp_path / "results/train/digits_2ranks/bk_mixed_eps8.json").read_text())
+    assert train["world_size"] == 2 and train["distributed"]["launcher"] == "torchrun"
+    assert train["steps"] == 4 and 0 < train["epsilon"] <= 8
+    bench = json.loads((tmp_path / "results/bench/two_ranks/cnn/s16_b4/bk_mixed.json").read_text())
+    assert bench["world_size"] == 2 and bench["allreduce_bytes_per_step"] > 0
+    accuracy = pd.read_csv(tmp_path / "results/tables/accuracy.csv")
+    assert accuracy["ranks"].tolist() == [2] and accuracy["device"].str.endswith("× 2 ranks").all()
+    scaling = pd.read_csv(tmp_path / "results/tables/scaling.csv")
+    assert len(scaling) == 1 and scaling.loc[0, "ranks"] == 2 and scaling.loc[0, "speedup"] > 0
+    row = scaling.loc[0]
+    assert row["speedup"] == pytest.approx(row["throughput_img_s"] / row["throughput_one_rank"])
+    table = pd.read_csv(tmp_path / "results/tables/throughput_memory.csv")
+    assert sorted(table["device"].str.endswith("× 2 ranks")) == [False, True]  # each compared with its own ranks
+
+
 def write_config(tmp_path: Path, change) -> Path:
     config = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     change(config)
@@ -140,6 +188,10 @@ def write_config(tmp_path: Path, change) -> Path:
     (lambda c: c.update(device="gpu"), "'gpu' does not match"),
     (lambda c: c["maxbatch"][0].update(name=c["bench"][0]["name"]), "names must be unique"),
     (lambda c: c["profile"][0].update(warmup=-1), "-1 is less than the minimum of 0"),
+    (lambda c: c["bench"][0].update(nproc=2, memory_budget="16GiB"), "a budget applies to one process"),
+    (lambda c: c["train"][0].update(ranks=2, nodes=2), "needs SLURM (snakemake --profile slurm)"),
+    (lambda c: c["train"][0].update(ranks=1, nodes=2), "nodes must be at most ranks"),
+    (lambda c: c["train"][0].update(ranks=0), "0 is less than the minimum of 1"),
 ])
 def test_bad_config_stops_before_any_job(change, message, tmp_path):
     run = snakemake("-n", "--configfile", str(write_config(tmp_path, change)), cwd=tmp_path)

@@ -58,27 +58,34 @@ def cluster(tmp_path_factory):
 
 def test_pipeline_runs_through_slurm(cluster, tmp_path):
     work = tmp_path / "run"
-    command = ["timeout", "-s", "KILL", "420", sys.executable, "-m", "snakemake", "--profile", "slurm",
+    command = ["timeout", "-s", "KILL", "600", sys.executable, "-m", "snakemake", "--profile", "slurm",
                "--profile", "profiles/ci-local", "--configfile", ".test/config/slurm.yaml", "--directory", str(work)]
     run = subprocess.run(command, cwd=REPO, env=cluster, capture_output=True, text=True)
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"snakemake --profile slurm failed ({run.returncode}):\n{output[-6000:]}"
 
-    # The comparison group (both algorithms) was one sbatch submission; the complexity table, CPU only,
-    # ran where Snakemake runs ...
+    # The comparison group (both algorithms) was one sbatch submission, the 2-rank train run another;
+    # the complexity table, CPU only, ran where Snakemake runs ...
     submitted = dict(re.findall(SUBMITTED, output))
-    assert sorted(submitted.values()) == ["bench.slurm.cnn.s16.b4_bench"], output[-3000:]
+    assert sorted(submitted.values()) == ["bench.slurm.cnn.s16.b4_bench", "train_ranks"], output[-3000:]
     # ... that SLURM ran to completion (finished jobs stay visible for MinJobAge = 300 s) ...
     queue = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], env=cluster,
                            capture_output=True, text=True, check=True).stdout
     states = dict(line.split("|") for line in queue.split())
     for job_id in submitted:
         assert states.get(job_id) == "COMPLETED", f"SLURM job {job_id}: {states.get(job_id)}\n{queue}"
-    # ... with the one GPU the group needs (gpus_per_job: 1 -> --gpus=1, on the fake GPUs).
-    for job_id in submitted:
+    # ... with the one GPU the group needs (gpus_per_job: 1 -> --gpus=1, on the fake GPUs), and for the
+    # train run 2 tasks with one GPU each.
+    for job_id, name in submitted.items():
         details = subprocess.run(["scontrol", "show", "job", job_id], env=cluster, capture_output=True, text=True,
                                  check=True).stdout
-        assert re.search(r"gres[:/]gpu[:=]1", details) is not None, details
+        gpus, tasks = (2, 2) if name == "train_ranks" else (1, 1)
+        assert re.search(rf"gres[:/]gpu[:=]{gpus}", details) is not None, details
+        assert f"NumTasks={tasks} " in details, details
+    # The train run's two ranks were srun tasks of that job, joined over gloo; rank 0 wrote the result.
+    train = json.loads((work / "results/train/ranks/bk_mixed_eps8.json").read_text())
+    assert train["world_size"] == 2 and train["distributed"]["launcher"] == "srun", train["distributed"]
+    assert train["steps"] == 4 and 0 < train["epsilon"] <= 8
 
     # The aggregation ran where Snakemake runs and produced everything.
     for name in ["results/tables/throughput_memory.csv", "results/tables/table4.md", "figures/layerwise_choice.png",

@@ -11,6 +11,11 @@ and exits 0, so that the tables and reports are built and name it. Killed from o
 scancel, a time limit or pre-emption): the child is stopped and nothing is written; the workflow
 retries the job or records the result missing (workflow/rules/failures.smk). The child dies with the
 guard (SIGKILL on the guard's death), so a killed guard leaves no measurement running.
+
+With --ranks N the subcommand runs as N data-parallel ranks (dpbench.distributed.rank_command): srun
+tasks when the guard runs inside a SLURM allocation, torchrun on this machine otherwise. Under torchrun a
+rank's exit code 2 reaches the guard as torchrun's 1, so a configuration the ranks reject is retried like a
+crash before it is recorded.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from dpbench.errors import DpbenchError
 from dpbench.cli import positive_int
+from dpbench.distributed import rank_command
 from dpbench.measure.runner import die_with_parent
 
 USER_ERROR_EXIT = 2  # the dpbench command line's exit code for bad input: retrying cannot help
@@ -43,6 +49,12 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop the subcommand after this many minutes (a timeout failure)")
     p.add_argument("--log", default=None, help="the log file, named in the record")
+    p.add_argument("--ranks", type=positive_int, default=1,
+                   help="run the subcommand as this many data-parallel ranks: srun tasks inside a SLURM job, "
+                        "torchrun elsewhere (default 1: one plain process)")
+    p.add_argument("--nodes", type=positive_int, default=1, help="nodes the ranks spread over (SLURM only)")
+    p.add_argument("--cpus-per-rank", type=positive_int, default=1, help="CPUs of each srun task")
+    p.add_argument("--gpus-per-rank", type=int, choices=[0, 1], default=0, help="GPUs of each srun task")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the dpbench subcommand and its options")
     p.set_defaults(func=run)
 
@@ -55,8 +67,8 @@ def run(args) -> int:
         config = json.loads(args.config)
     except json.JSONDecodeError as error:
         raise DpbenchError(f"--config is not JSON: {error}") from None
-    exit_code, timed_out, terminated, last_line = _run_child([sys.executable, "-m", "dpbench", *command],
-                                                             args.time_limit)
+    launch = rank_command(["-m", "dpbench", *command], args.ranks, args.nodes, args.cpus_per_rank, args.gpus_per_rank)
+    exit_code, timed_out, terminated, last_line = _run_child(launch, args.time_limit)
     if terminated:
         return 128 + signal.SIGTERM
     if exit_code == 0 and not timed_out:

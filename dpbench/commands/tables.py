@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--complexity", nargs="*", default=[], metavar="CSV", help="per-layer complexity tables")
     p.add_argument("--epoch-images", type=positive_int, default=50000,
                    help="images per epoch for the Table 4 layout (default: 50000, CIFAR-10)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also the data-parallel scaling table (bench runs of several ranks ÷ 1 rank)")
     p.add_argument("--out-dir", required=True, help="directory of the tables")
     p.set_defaults(func=run)
 
@@ -29,6 +31,8 @@ def run(args) -> int:
         raise DpbenchError("no result files given (--bench, --maxbatch, --train or --complexity)")
     if args.bench_at_max and not args.maxbatch:
         raise DpbenchError("--bench-at-max needs the --maxbatch results it belongs to")
+    if args.scaling and not args.bench:
+        raise DpbenchError("--scaling needs the --bench results it compares")
     out = Path(args.out_dir)
     written = []
     failures = failed.failures_frame({"bench": args.bench + args.bench_at_max, "maxbatch": args.maxbatch,
@@ -44,6 +48,11 @@ def run(args) -> int:
         frame = tables.table4(bench, args.epoch_images)
         tables.write_table(frame, out, "table4", tables.table4_markdown(frame, failures))
         written += ["throughput_memory", "table4"]
+        if args.scaling:
+            frame = tables.scaling(bench)
+            tables.write_table(frame, out, "scaling", tables.markdown_table(
+                frame, "Data-parallel scaling: throughput of W ranks ÷ 1 rank"))
+            written.append("scaling")
     if args.maxbatch:
         frame = tables.maxbatch(load.maxbatch_frame(args.maxbatch), load.bench_frame(args.bench_at_max))
         tables.write_table(frame, out, "maxbatch", tables.markdown_table(frame, "Maximum batch size within the memory budget"))

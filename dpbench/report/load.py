@@ -38,14 +38,22 @@ def measured_results(paths, kind: str):
             yield path, result
 
 
-def device_label(environment: dict) -> str:
-    """The device a result was measured on, for tables and the report: 'NVIDIA H100 (cuda)', 'x86_64 CPU, 2 threads'."""
+def device_label(environment: dict, ranks: int = 1) -> str:
+    """The device a result was measured on, for tables and the report: 'NVIDIA H100 (cuda)', 'x86_64 CPU,
+    2 threads', and for a run of several data-parallel ranks 'NVIDIA H100 (cuda) × 4 ranks' (each rank
+    one such device), so that results are compared with those of the same number of ranks."""
     device = str(environment.get("device", "?"))
     name = environment.get("device_name") or "?"
+    suffix = f" × {ranks} ranks" if ranks > 1 else ""
     if device.startswith("cuda"):
-        return f"{name} ({device})"
+        return f"{name} ({device}){suffix}"
     threads = environment.get("threads", "?")
-    return f"{name} CPU, {threads} thread{'' if threads == 1 else 's'}"
+    return f"{name} CPU, {threads} thread{'' if threads == 1 else 's'}{suffix}"
+
+
+def world_size(result: dict) -> int:
+    """The data-parallel ranks of a bench or train result (1 for results written before there were any)."""
+    return int(result.get("world_size") or 1)
 
 
 def _stat(block: dict | None, key: str) -> float | None:
@@ -64,6 +72,7 @@ def bench_frame(paths) -> pd.DataFrame:
         cuda = str(env.get("device", c.get("device"))).startswith("cuda")
         timing = None if r["oom"] else (r.get("step_time_s") if cuda else r.get("step_cpu_time_s"))
         seconds = timing["median"] if timing else None
+        ranks = world_size(r)
         rows.append({
             "model": c["model"], "image_size": c["image_size"], "batch_size": c["batch_size"],
             "algorithm": c["algorithm"], "num_classes": c.get("num_classes"), "dtype": c.get("dtype"),
@@ -72,11 +81,11 @@ def bench_frame(paths) -> pd.DataFrame:
             "throughput_q25": _stat(r.get("throughput_img_s"), "q25"),
             "throughput_q75": _stat(r.get("throughput_img_s"), "q75"),
             "step_time_s": _stat(r.get("step_time_s"), "median"),
-            "step_throughput": c["batch_size"] / seconds if seconds else math.nan,
+            "step_throughput": ranks * c["batch_size"] / seconds if seconds else math.nan,
             "peak_memory_bytes": r.get("peak_memory_bytes"), "step_memory_bytes": r.get("step_memory_bytes"),
             "memory_method": r.get("memory_method"),
             "steps": c.get("steps"), "warmup": c.get("warmup"),
-            "device": device_label(env), "cuda": cuda,
+            "device": device_label(env, ranks), "ranks": ranks, "rank_device": device_label(env), "cuda": cuda,
             "git_commit": env.get("git_commit"), "environment": env, "path": str(path),
         })
     return pd.DataFrame(rows, columns=BENCH_COLUMNS)
@@ -85,7 +94,8 @@ def bench_frame(paths) -> pd.DataFrame:
 BENCH_COLUMNS = ["model", "image_size", "batch_size", "algorithm", "num_classes", "dtype", "oom", "error",
                  "memory_budget_bytes",
                  "throughput_img_s", "throughput_q25", "throughput_q75", "step_time_s", "step_throughput",
-                 "peak_memory_bytes", "step_memory_bytes", "memory_method", "steps", "warmup", "device", "cuda",
+                 "peak_memory_bytes", "step_memory_bytes", "memory_method", "steps", "warmup", "device", "ranks", "rank_device",
+                 "cuda",
                  "git_commit", "environment", "path"]
 
 
@@ -131,7 +141,7 @@ def train_frame(paths) -> pd.DataFrame:
             "delta": r.get("delta"), "noise_multiplier": r.get("noise_multiplier"), "accountant": r.get("accountant"),
             "epochs": r.get("epochs"), "steps": r.get("steps"), "expected_batch_size": r.get("expected_batch_size"),
             "test_accuracy": r.get("test_accuracy"), "wall_time_s": r.get("wall_time_s"),
-            "device": device_label(r["environment"]),
+            "device": device_label(r["environment"], world_size(r)), "ranks": world_size(r),
             **{f"epsilon_{name}": (r.get("epsilon_by_accountant") or {}).get(name) for name in ACCOUNTANTS},
             "sampling": r.get("sampling", c.get("sampling")), "frozen_tensors": len(r.get("frozen") or []),
             "trainable_parameters": r.get("trainable_parameters"), "validation_accuracy": r.get("validation_accuracy"),
@@ -141,7 +151,7 @@ def train_frame(paths) -> pd.DataFrame:
 
 
 TRAIN_COLUMNS = ["model", "dataset", "algorithm", "target_epsilon", "epsilon", "delta", "noise_multiplier",
-                 "accountant", "epochs", "steps", "expected_batch_size", "test_accuracy", "wall_time_s", "device",
+                 "accountant", "epochs", "steps", "expected_batch_size", "test_accuracy", "wall_time_s", "device", "ranks",
                  *(f"epsilon_{name}" for name in ACCOUNTANTS), "sampling", "frozen_tensors", "trainable_parameters",
                  "validation_accuracy", "mean_epoch_time_s"]
 """The accuracy table's columns: epsilon is by the run's own accountant, epsilon_prv/rdp/gdp by each

@@ -49,6 +49,24 @@ def throughput_memory(bench: pd.DataFrame) -> pd.DataFrame:
     return _sort(frame[columns], ["device", "model", "image_size", "batch_size", "algorithm"])
 
 
+def scaling(bench: pd.DataFrame) -> pd.DataFrame:
+    """Data-parallel scaling: the throughput of W ranks (each with its own batch of batch_size, images of
+    all ranks counted) ÷ the throughput of 1 rank of the same configuration on the same kind of device,
+    and that speedup ÷ W (the efficiency); one row per configuration measured on more than one rank."""
+    keys = ["rank_device", "model", "image_size", "batch_size", "algorithm", "dtype"]
+    measured = bench[~bench["oom"] & bench["throughput_img_s"].notna()]
+    one = measured[measured["ranks"] == 1][keys + ["throughput_img_s"]].drop_duplicates(keys)
+    many = measured[measured["ranks"] > 1]
+    frame = many.merge(one.rename(columns={"throughput_img_s": "throughput_one_rank"}), how="left", on=keys)
+    frame["speedup"] = frame["throughput_img_s"] / frame["throughput_one_rank"]
+    frame["efficiency"] = frame["speedup"] / frame["ranks"]
+    frame = frame.rename(columns={"batch_size": "batch_size_per_rank", "rank_device": "device_per_rank"})
+    columns = ["model", "image_size", "batch_size_per_rank", "algorithm", "ranks", "throughput_img_s",
+               "throughput_one_rank", "speedup", "efficiency", "dtype", "device_per_rank"]
+    return _sort(frame[columns], ["device_per_rank", "model", "image_size", "batch_size_per_rank", "algorithm",
+                                  "ranks"])
+
+
 def table4(bench: pd.DataFrame, epoch_images: int) -> pd.DataFrame:
     """The paper's Table 4 in long form: time per epoch (epoch_images / throughput) and peak memory."""
     frame = bench.copy()

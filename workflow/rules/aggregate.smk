@@ -24,6 +24,7 @@ rule tables:
     params:
         dpbench=DPBENCH,
         epoch_images=config["report"]["epoch_images"],
+        scaling="--scaling" if SCALING else "",
         out_dir=lambda wildcards, output: Path(output[0]).parent,
     threads: 1
     resources:
@@ -33,8 +34,8 @@ rule tables:
         CONDA_ENV
     shell:
         "{params.dpbench} tables --bench {input.bench} --maxbatch {input.maxbatch} --bench-at-max {input.at_max}"
-        " --train {input.train} --complexity {input.complexity} --epoch-images {params.epoch_images}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --train {input.train} --complexity {input.complexity} --epoch-images {params.epoch_images} "
+        "{params.scaling} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule figures:

@@ -14,16 +14,17 @@ rule bench:
         dpbench=DPBENCH,
         options=bench_options,
         record=bench_record,
+        rank_threads=bench_rank_threads,
     group:
         bench_group
     retries: RETRIES
-    threads: config["threads"]
+    threads: bench_threads
     resources:
         **attempt_resources("bench"),
-        gpu=GPUS,
+        gpu=bench_gpus,
         device_slot=DEVICE_SLOTS,
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("bench") +
-        " bench {params.options} --threads {threads} --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={params.rank_threads} MKL_NUM_THREADS={params.rank_threads} " + guarded("bench") +
+        " bench {params.options} --threads {params.rank_threads} --out {output.json} > {log} 2>&1"

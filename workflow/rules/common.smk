@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 from itertools import product
@@ -46,9 +47,11 @@ FIGURES = "figures"
 REPRODUCTION = "paper/reproduction.md"
 REPORTED = str(REPO / "paper" / "reported.csv")
 
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
 wildcard_constraints:
     sweep=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    run=RUN_NAME,
     model=r"(timm:)?[A-Za-z0-9][A-Za-z0-9_.-]*",
     algorithm=r"[a-z_]+",
     image_size=r"\d+",
@@ -113,13 +116,101 @@ def attempt_resources(stage):
                 attempts=ATTEMPTS)
 
 
-def guarded(kind):
+# ---------------------------------------------------------------- several ranks per job
+# A bench sweep's `nproc` ranks run inside one job on one node (`dpbench bench --nproc`: torchrun, each
+# rank its own batch); a train entry's `ranks` over `nodes` run as the srun tasks of one SLURM job, or
+# under torchrun on this machine outside SLURM (`dpbench guard --ranks`, which picks the launcher when the
+# job runs: Snakemake formats the command inside the job, where it cannot tell that it is on a cluster).
+# `threads` stays the CPUs of one rank; a 1-rank job asks for what it always did.
+
+for _sweep in config["bench"]:
+    if _sweep["nproc"] > 1 and _sweep.get("memory_budget") is not None:
+        raise ValueError(f"config: bench sweep {_sweep['name']!r} has nproc {_sweep['nproc']} and a memory_budget; "
+                         "a budget applies to one process")
+for _run in config["train"]:
+    if _run["nodes"] > _run["ranks"]:
+        raise ValueError(f"config: train run {_run['name']!r} puts {_run['ranks']} ranks on {_run['nodes']} nodes; "
+                         "nodes must be at most ranks")
+    if _run["nodes"] > 1 and workflow.nodes is None and not os.environ.get("SLURM_JOB_ID"):
+        raise ValueError(f"config: train run {_run['name']!r} asks for {_run['nodes']} nodes, which needs SLURM "
+                         "(snakemake --profile slurm); on one machine set nodes: 1")
+
+SCALING = any(s["nproc"] > 1 for s in config["bench"])  # the scaling table of the tables rule
+MULTI_RANK_RUNS = [r["name"] for r in config["train"] if r["ranks"] > 1]
+
+
+def bench_nproc(wildcards):
+    """Ranks of one bench run (1 for the throughput runs of maxbatch sweeps)."""
+    return SWEEPS[wildcards.sweep].get("nproc", 1)
+
+
+def bench_threads(wildcards):
+    """CPUs of a bench job: threads per rank times its ranks."""
+    return config["threads"] * bench_nproc(wildcards)
+
+
+def bench_gpus(wildcards):
+    return GPUS * bench_nproc(wildcards)
+
+
+def bench_rank_threads(wildcards, threads):
+    """Torch threads of each rank of a bench job: the job's threads (as Snakemake granted them) per rank."""
+    return max(1, threads // bench_nproc(wildcards))
+
+
+def train_rank_threads(wildcards, threads):
+    """Torch threads of each rank of a train job."""
+    return max(1, threads // TRAIN_RUNS[wildcards.run]["ranks"])
+
+
+def train_threads(wildcards):
+    """CPUs of a train job: threads per rank times its ranks."""
+    return config["threads"] * TRAIN_RUNS[wildcards.run]["ranks"]
+
+
+def run_pattern(names, inside):
+    """A wildcard constraint for `run`: one of `names` (inside) or any other name (not inside)."""
+    alternatives = "|".join(re.escape(n) for n in names) or "(?!)"
+    return f"(?:{alternatives})" if inside else f"(?!(?:{alternatives})(?![A-Za-z0-9_.-])){RUN_NAME}"
+
+
+def train_launch(wildcards):
+    """`dpbench guard` options that start a train run on its ranks (none for one rank)."""
+    run = TRAIN_RUNS[wildcards.run]
+    if run["ranks"] == 1:
+        return ""
+    return (f"--ranks {run['ranks']} --nodes {run['nodes']} --cpus-per-rank {config['threads']}"
+            f" --gpus-per-rank {min(GPUS, 1)}")
+
+
+def rank_resources():
+    """SLURM resources of a multi-rank train job (rule train_ranks): `ranks` tasks (the plugin's `mpi`
+    resource: the job's command runs in the batch step and starts the tasks itself, with srun), over
+    `nodes` nodes, `threads` CPUs per task, on CUDA one GPU per task; memory per node grows with the ranks
+    each node holds."""
+    def ranks(wildcards):
+        return TRAIN_RUNS[wildcards.run]["ranks"]
+
+    def nodes(wildcards):
+        return TRAIN_RUNS[wildcards.run]["nodes"]
+
+    def mem_mb(wildcards, attempt):
+        run = TRAIN_RUNS[wildcards.run]
+        return stage_resources("train")["mem_mb"] * attempt * -(-run["ranks"] // run["nodes"])
+
+    gpus = dict(gpu=lambda wildcards: GPUS * ranks(wildcards), tasks_per_gpu=1) if GPUS else dict(gpu=0)
+    return dict(attempt_resources("train"), mem_mb=mem_mb, tasks=ranks, nodes=nodes, mpi="srun",
+                cpus_per_task=config["threads"], **gpus)
+
+
+def guarded(kind, options=""):
     """The `dpbench guard` prefix of a measuring command (see dpbench/commands/guard.py): the
     subcommand after it writes the result; a failure on the last attempt writes a record instead.
-    The rule has params dpbench (DPBENCH) and record (the configuration as JSON)."""
+    The rule has params dpbench (DPBENCH) and record (the configuration as JSON); `options` are more
+    guard options (a train run's ranks)."""
     return (f"{{params.dpbench}} guard --kind {kind} --out {{output.json}} --config {{params.record:q}}"
             f" --attempt {{resources.attempt}} --attempts {{resources.attempts}} --time-limit {{resources.runtime}}"
-            f" --log {{log}} --")
+            f" --log {{log}} {options} --")
 
 
 def fmt_epsilon(epsilon):
@@ -230,11 +321,17 @@ def budget_option(sweep, throughput_at_max=False):
     return "" if budget is None else f" --memory-budget {shlex.quote(str(budget))}"
 
 
+def nproc_option(sweep):
+    """--nproc of a sweep's bench runs (none for one rank)."""
+    return f" --nproc {sweep['nproc']}" if sweep.get("nproc", 1) > 1 else ""
+
+
 def bench_options(wildcards):
     sweep = SWEEPS[wildcards.sweep]
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
             f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']}"
             f"{budget_option(sweep, throughput_at_max=wildcards.sweep not in BENCH_SWEEPS)}"
+            f"{nproc_option(sweep)}"
             f" --steps {sweep['steps']} --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
 
 
@@ -289,6 +386,7 @@ def table_names():
     """Every CSV table of this config (complexity_layers has no Markdown version: it is long); failures
     lists the configurations left with a failure record, whenever anything is measured."""
     names = [n for stage in active_stages() for n in TABLE_NAMES[stage]]
+    names += ["scaling"] if SCALING else []
     measured = any(config[stage] for stage in ("bench", "maxbatch", "train"))
     return names + (["complexity_layers"] if config["complexity"] else []) + (["failures"] if measured else [])
 
@@ -400,7 +498,8 @@ def measured_config(wildcards, extra=None):
 
 def bench_record(wildcards):
     sweep = SWEEPS[wildcards.sweep]
-    return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep.get("memory_budget")})
+    return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep.get("memory_budget"),
+                                       "nproc": sweep.get("nproc", 1)})
 
 
 def maxbatch_record(wildcards):
@@ -409,8 +508,9 @@ def maxbatch_record(wildcards):
 
 
 def train_record(wildcards):
-    return measured_config(wildcards, {"model": TRAIN_RUNS[wildcards.run]["model"],
-                                       "dataset": TRAIN_RUNS[wildcards.run]["dataset"]})
+    run = TRAIN_RUNS[wildcards.run]
+    return measured_config(wildcards, {"model": run["model"], "dataset": run["dataset"], "ranks": run["ranks"],
+                                       "nodes": run["nodes"]})
 
 
 def profile_record(wildcards):
