@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from dpbench.cli import memory_size, positive_int
@@ -20,13 +21,16 @@ def register(subparsers) -> None:
                         "over it the result is out of memory (default: the device's memory)")
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel ranks on this machine (torchrun; gloo on CPU, nccl on CUDA): each runs "
-                        "--batch-size examples, the gradients are all-reduced every step (default: 1)")
+                        "--batch-size examples, the gradients are all-reduced every step; --threads are shared "
+                        "by the ranks, each taking threads / nproc (at least 1) (default: 1)")
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     config = config_from_args(args, args.batch_size)
+    if args.nproc > 1 and config.threads:  # the CPUs of the measurement, shared by its ranks
+        config = dataclasses.replace(config, threads=max(1, config.threads // args.nproc))
     try:
         result = bench_result(config, args.memory_budget, args.nproc)
     except MeasurementFailed as failure:

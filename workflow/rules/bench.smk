@@ -14,7 +14,6 @@ rule bench:
         dpbench=DPBENCH,
         options=bench_options,
         record=bench_record,
-        rank_threads=bench_rank_threads,
     group:
         bench_group
     retries: RETRIES
@@ -26,5 +25,5 @@ rule bench:
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={params.rank_threads} MKL_NUM_THREADS={params.rank_threads} " + guarded("bench") +
-        " bench {params.options} --threads {params.rank_threads} --out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + guarded("bench") +
+        " bench {params.options} --threads {threads} --out {output.json} > {log} 2>&1"

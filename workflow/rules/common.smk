@@ -145,22 +145,13 @@ def bench_nproc(wildcards):
 
 
 def bench_threads(wildcards):
-    """CPUs of a bench job: threads per rank times its ranks."""
+    """CPUs of a bench job: threads per rank times its ranks (`dpbench bench --nproc W --threads T` gives
+    each rank T / W threads)."""
     return config["threads"] * bench_nproc(wildcards)
 
 
 def bench_gpus(wildcards):
     return GPUS * bench_nproc(wildcards)
-
-
-def bench_rank_threads(wildcards, threads):
-    """Torch threads of each rank of a bench job: the job's threads (as Snakemake granted them) per rank."""
-    return max(1, threads // bench_nproc(wildcards))
-
-
-def train_rank_threads(wildcards, threads):
-    """Torch threads of each rank of a train job."""
-    return max(1, threads // TRAIN_RUNS[wildcards.run]["ranks"])
 
 
 def train_threads(wildcards):
@@ -175,10 +166,8 @@ def run_pattern(names, inside):
 
 
 def train_launch(wildcards):
-    """`dpbench guard` options that start a train run on its ranks (none for one rank)."""
+    """`dpbench guard` options that start a train run on its ranks (rule train_ranks)."""
     run = TRAIN_RUNS[wildcards.run]
-    if run["ranks"] == 1:
-        return ""
     return (f"--ranks {run['ranks']} --nodes {run['nodes']} --cpus-per-rank {config['threads']}"
             f" --gpus-per-rank {min(GPUS, 1)}")
 
@@ -207,10 +196,11 @@ def guarded(kind, options=""):
     """The `dpbench guard` prefix of a measuring command (see dpbench/commands/guard.py): the
     subcommand after it writes the result; a failure on the last attempt writes a record instead.
     The rule has params dpbench (DPBENCH) and record (the configuration as JSON); `options` are more
-    guard options (a train run's ranks)."""
+    guard options (a train run's ranks). Without options the text is that of earlier versions: a changed
+    command makes Snakemake rerun finished results."""
     return (f"{{params.dpbench}} guard --kind {kind} --out {{output.json}} --config {{params.record:q}}"
             f" --attempt {{resources.attempt}} --attempts {{resources.attempts}} --time-limit {{resources.runtime}}"
-            f" --log {{log}} {options} --")
+            f" --log {{log}}{' ' + options if options else ''} --")
 
 
 def fmt_epsilon(epsilon):
@@ -227,7 +217,10 @@ def train_keys(run):
 def train_checkpoint(wildcards):
     """The run's checkpoint, named after a hash of everything that defines the run: a killed job
     resumes from it (--resume), a changed config starts afresh instead of hitting a foreign one."""
-    identity = {"run": TRAIN_RUNS[wildcards.run], "device": config["device"], "seed": config["seed"],
+    run = TRAIN_RUNS[wildcards.run]
+    if run["ranks"] == 1:  # the identity of earlier versions, which had no ranks
+        run = {k: v for k, v in run.items() if k not in ("ranks", "nodes")}
+    identity = {"run": run, "device": config["device"], "seed": config["seed"],
                 "algorithm": wildcards.algorithm, "epsilon": wildcards.epsilon}
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return f"results/train/{wildcards.run}/{wildcards.algorithm}_eps{wildcards.epsilon}.{digest}.ckpt.pt"
@@ -498,8 +491,9 @@ def measured_config(wildcards, extra=None):
 
 def bench_record(wildcards):
     sweep = SWEEPS[wildcards.sweep]
+    ranks = {"nproc": sweep["nproc"]} if sweep.get("nproc", 1) > 1 else {}  # 1 rank: the record of earlier versions
     return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep.get("memory_budget"),
-                                       "nproc": sweep.get("nproc", 1)})
+                                       **ranks})
 
 
 def maxbatch_record(wildcards):
@@ -509,8 +503,8 @@ def maxbatch_record(wildcards):
 
 def train_record(wildcards):
     run = TRAIN_RUNS[wildcards.run]
-    return measured_config(wildcards, {"model": run["model"], "dataset": run["dataset"], "ranks": run["ranks"],
-                                       "nodes": run["nodes"]})
+    ranks = {"ranks": run["ranks"], "nodes": run["nodes"]} if run["ranks"] > 1 else {}  # as bench_record
+    return measured_config(wildcards, {"model": run["model"], "dataset": run["dataset"], **ranks})
 
 
 def profile_record(wildcards):
