@@ -321,3 +321,34 @@ def test_killed_job_still_gives_tables_and_reports(tmp_path):
         assert (work / name).stat().st_size > 0, name
     assert "killed" in (work / "results/tables/failures.md").read_text()
     assert "cnn, 16², batch 4, Mixed ghost" in (work / "paper/reproduction.md").read_text()
+
+
+MEASURING_COMMANDS = REPO / "tests" / "reference" / "measuring_commands.txt"
+
+
+def measuring_commands(work: Path) -> list[str]:
+    """The shell commands of every measuring job (bench, maxbatch, profile, train: the `dpbench guard`
+    ones) in a dry run of .test/config/pipeline.yaml, with this checkout's paths replaced."""
+    run = snakemake("-n", "-p", "--configfile", str(REPO / ".test/config/pipeline.yaml"), cwd=work)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    commands = [line.removeprefix("Shell command: ") for line in (run.stdout + run.stderr).splitlines()
+                if line.startswith("Shell command: ") and " guard --kind " in line]
+    return sorted(c.replace(sys.executable, "<python>").replace(str(REPO), "<repo>") for c in commands)
+
+
+def test_measuring_commands_are_unchanged(tmp_path):
+    """Snakemake reruns every finished result whose rule command or params changed, so a change to the
+    text of a measuring rule's command (or to a param it shows) makes every user's finished sweep run
+    again, hours of GPU time. Such a change must be deliberate: if it is, say so in the commit and the
+    README, then regenerate the reference with `.venv/bin/python -c "import sys; sys.path[:0] = ['tests', '.'];
+    import test_pipeline; test_pipeline.write_measuring_commands()"`. (The reference was written by the rules
+    of commit 0319b72, before rule train_ranks and bench's nproc, and by those after them: the same text.)"""
+    assert measuring_commands(tmp_path) == MEASURING_COMMANDS.read_text().splitlines()
+
+
+def write_measuring_commands() -> None:
+    """Regenerate tests/reference/measuring_commands.txt (see test_measuring_commands_are_unchanged)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        MEASURING_COMMANDS.write_text("\n".join(measuring_commands(Path(work))) + "\n")
