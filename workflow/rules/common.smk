@@ -450,31 +450,58 @@ def maxbatch_group(wildcards):
     return f"maxbatch.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}"
 
 
+def chain_link(previous, earlier_and_own):
+    """The input that runs a job after `previous` in its group. Ancient, so that a rerun of `previous`
+    reruns nothing after it; but plain from the group's first failure record on (`earlier_and_own`: the
+    group's result files up to this job's). Snakemake 9.27 does not evaluate a job below one it reruns,
+    not even a forced one, unless an input from a rerun job is not ancient. With ancient links a group
+    killed from outside (every result a failure record) would redo one algorithm per invocation; so the
+    failed jobs and the ones after them in their group rerun, those before them not. Ancient or not, the
+    file is the same: Snakemake sees no change of the input set."""
+    return previous if any(is_failure_file(f) for f in earlier_and_own) else ancient(previous)
+
+
 def bench_previous(wildcards):
     """The result measured just before this one in its group (none for the first)."""
     sweep = SWEEPS[wildcards.sweep]
     size = int(wildcards.image_size)
+    own = BENCH.format(**wildcards)
     if wildcards.sweep in BENCH_SWEEPS:
         order = algorithm_order(sweep, group_position(sweep, wildcards.model, size, int(wildcards.batch_size)))
-        before = _previous(order, wildcards.algorithm)
-        return [ancient(BENCH.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+        earlier = [BENCH.format(**{**wildcards, "algorithm": a}) for a in _previous(order, wildcards.algorithm)]
+        return [chain_link(earlier[0], earlier + [own])] if earlier else []
     # a throughput run at a maximum batch size: after the nearest earlier algorithm that has one
     order = algorithm_order(sweep, group_position(sweep, wildcards.model, size))
     for algorithm in _previous(order, wildcards.algorithm):
         batch_size = max_batch_size(dict(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
                                          algorithm=algorithm))
         if batch_size:
-            return [ancient(BENCH.format(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
-                                         batch_size=batch_size, algorithm=algorithm))]
+            previous = BENCH.format(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
+                                    batch_size=batch_size, algorithm=algorithm)
+            return [chain_link(previous, at_max_files_before(wildcards, order) + [own])]
     return []
+
+
+def at_max_files_before(wildcards, order):
+    """The throughput runs at the maximum batch sizes found so far of the algorithms before this one in its
+    at_max group (read from the search results on disk: no checkpoint to wait for)."""
+    files = []
+    for algorithm in _previous(order, wildcards.algorithm):
+        key = dict(sweep=wildcards.sweep, model=wildcards.model, image_size=wildcards.image_size, algorithm=algorithm)
+        path = Path(MAXBATCH.format(**key))
+        if path.exists() and not is_failure_file(path):
+            batch_size = json.loads(path.read_text()).get("max_batch_size") or 0
+            if batch_size > 0:
+                files.append(BENCH.format(batch_size=batch_size, **key))
+    return files
 
 
 def maxbatch_previous(wildcards):
     """The search run just before this one in its group (none for the first)."""
     sweep = SWEEPS[wildcards.sweep]
     order = algorithm_order(sweep, group_position(sweep, wildcards.model, int(wildcards.image_size)))
-    before = _previous(order, wildcards.algorithm)
-    return [ancient(MAXBATCH.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+    earlier = [MAXBATCH.format(**{**wildcards, "algorithm": a}) for a in _previous(order, wildcards.algorithm)]
+    return [chain_link(earlier[0], earlier + [MAXBATCH.format(**wildcards)])] if earlier else []
 
 
 # ---------------------------------------------------------------- what a failure record names

@@ -41,8 +41,8 @@ def profile_previous(wildcards):
     entry = next(profile_entries(wildcards))[0]
     key = (wildcards.model, int(wildcards.image_size), int(wildcards.batch_size))
     order = algorithm_order(entry, group_position(entry, *key))
-    before = _previous(order, wildcards.algorithm)
-    return [ancient(PROFILE.format(**{**wildcards, "algorithm": before[0]}))] if before else []
+    earlier = [PROFILE.format(**{**wildcards, "algorithm": a}) for a in _previous(order, wildcards.algorithm)]
+    return [chain_link(earlier[0], earlier + [PROFILE.format(**wildcards)])] if earlier else []
 
 
 def profile_options(wildcards):
