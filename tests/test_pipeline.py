@@ -328,7 +328,7 @@ def test_one_invocation_redoes_every_failure_of_a_group(tmp_path):
     """Two failure records in one comparison group (as after a group job killed from outside): the next
     invocation redoes both, and with them the algorithms after the first failure in the group's chain
     (Snakemake would not look at a job below a rerun one through an ancient input); the ones before it
-    are kept. A third invocation has nothing to do."""
+    are kept. A third invocation has nothing to do; `-R bench` would rerun every job of the group."""
     from dpbench.failures import failure_record
 
     config = yaml.safe_load((REPO / ".test/config/pipeline.yaml").read_text())
@@ -356,6 +356,11 @@ def test_one_invocation_redoes_every_failure_of_a_group(tmp_path):
     assert all("status" not in json.loads(f.read_text()) for f in results.values())
     third = snakemake("-n", "--cores", "2", "--configfile", str(path), cwd=work)
     assert "Nothing to be done" in third.stdout + third.stderr, third.stdout[-3000:]
+    # the same masking for the command line's -R: a rule reruns all its jobs, a file the ones after it
+    for force, expected in [("bench", chain), (str(results[chain[2]].relative_to(work)), chain[2:])]:
+        dry = snakemake("-n", "-R", force, "--cores", "2", "--configfile", str(path), cwd=work)
+        forced = {Path(p).stem for p in re.findall(r"output: (results/bench/\S+)", dry.stdout + dry.stderr)}
+        assert forced == set(expected), (force, forced)
 
 
 MEASURING_COMMANDS = REPO / "tests" / "reference" / "measuring_commands.txt"

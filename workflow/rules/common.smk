@@ -450,15 +450,25 @@ def maxbatch_group(wildcards):
     return f"maxbatch.{wildcards.sweep}.{wildcards.model}.s{wildcards.image_size}"
 
 
-def chain_link(previous, earlier_and_own):
-    """The input that runs a job after `previous` in its group. Ancient, so that a rerun of `previous`
-    reruns nothing after it; but plain from the group's first failure record on (`earlier_and_own`: the
-    group's result files up to this job's). Snakemake 9.27 does not evaluate a job below one it reruns,
-    not even a forced one, unless an input from a rerun job is not ancient. With ancient links a group
-    killed from outside (every result a failure record) would redo one algorithm per invocation; so the
-    failed jobs and the ones after them in their group rerun, those before them not. Ancient or not, the
+def chain_link(previous, earlier_and_own, rule):
+    """The input that runs a job of `rule` after `previous` in its group. Ancient, so that a rerun of
+    `previous` reruns nothing after it; but plain from the group's first failure record or forced result
+    (-R, -F) on (`earlier_and_own`: the group's result files up to this job's). Snakemake 9.27 does not
+    evaluate a job below one it reruns, not even a forced one, unless an input from a rerun job is not
+    ancient. With ancient links a group killed from outside (every result a failure record) would redo
+    one algorithm per invocation, and `-R bench` the first algorithm of each group; so the failed or
+    forced jobs and the ones after them in their group rerun, those before them not. Ancient or not, the
     file is the same: Snakemake sees no change of the input set."""
-    return previous if any(is_failure_file(f) for f in earlier_and_own) else ancient(previous)
+    redo = any(is_failure_file(f) for f in earlier_and_own) or forced(rule, earlier_and_own)
+    return previous if redo else ancient(previous)
+
+
+def forced(rule, files):
+    """Whether the command line forces `rule` (-R rule, -F) or one of `files` (-R file)."""
+    dag = workflow.dag
+    if dag is None:
+        return False
+    return rule in {r.name for r in dag.forcerules} or not dag.forcefiles.isdisjoint(files)
 
 
 def bench_previous(wildcards):
@@ -469,7 +479,7 @@ def bench_previous(wildcards):
     if wildcards.sweep in BENCH_SWEEPS:
         order = algorithm_order(sweep, group_position(sweep, wildcards.model, size, int(wildcards.batch_size)))
         earlier = [BENCH.format(**{**wildcards, "algorithm": a}) for a in _previous(order, wildcards.algorithm)]
-        return [chain_link(earlier[0], earlier + [own])] if earlier else []
+        return [chain_link(earlier[0], earlier + [own], "bench")] if earlier else []
     # a throughput run at a maximum batch size: after the nearest earlier algorithm that has one
     order = algorithm_order(sweep, group_position(sweep, wildcards.model, size))
     for algorithm in _previous(order, wildcards.algorithm):
@@ -478,7 +488,7 @@ def bench_previous(wildcards):
         if batch_size:
             previous = BENCH.format(sweep=wildcards.sweep, model=wildcards.model, image_size=size,
                                     batch_size=batch_size, algorithm=algorithm)
-            return [chain_link(previous, at_max_files_before(wildcards, order) + [own])]
+            return [chain_link(previous, at_max_files_before(wildcards, order) + [own], "bench")]
     return []
 
 
@@ -501,7 +511,7 @@ def maxbatch_previous(wildcards):
     sweep = SWEEPS[wildcards.sweep]
     order = algorithm_order(sweep, group_position(sweep, wildcards.model, int(wildcards.image_size)))
     earlier = [MAXBATCH.format(**{**wildcards, "algorithm": a}) for a in _previous(order, wildcards.algorithm)]
-    return [chain_link(earlier[0], earlier + [MAXBATCH.format(**wildcards)])] if earlier else []
+    return [chain_link(earlier[0], earlier + [MAXBATCH.format(**wildcards)], "maxbatch")] if earlier else []
 
 
 # ---------------------------------------------------------------- what a failure record names

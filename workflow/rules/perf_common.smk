@@ -42,7 +42,7 @@ def profile_previous(wildcards):
     key = (wildcards.model, int(wildcards.image_size), int(wildcards.batch_size))
     order = algorithm_order(entry, group_position(entry, *key))
     earlier = [PROFILE.format(**{**wildcards, "algorithm": a}) for a in _previous(order, wildcards.algorithm)]
-    return [chain_link(earlier[0], earlier + [PROFILE.format(**wildcards)])] if earlier else []
+    return [chain_link(earlier[0], earlier + [PROFILE.format(**wildcards)], "profile")] if earlier else []
 
 
 def profile_options(wildcards):
