@@ -33,7 +33,8 @@ for alg in nonprivate mixed_ghost bk_mixed; do  # where the GPU time goes (CNN p
 done
 # the conv routes per layer on CUDA (the rules in dpbench/clipping/layers/conv.py were set on CPU)
 timeout 90 python3 scripts/conv_routes.py --device cuda --batch-size 256 --repeats 3 2>&1 | tee "$OUT/conv_routes.txt"
-# issue 12's GPU table: the vision transformers at batch 32 (Opacus fails on BEiT's buffers: one line each)
+# the vision transformers' GPU table (paper/vit_performance.md has the CPU one): DeiT-small and BEiT-base at
+# batch 32 (Opacus fails on BEiT's buffers: one line each)
 VIT="nonprivate mixed_ghost bk_mixed opacus opacus_ghost"
 bench deit_small_patch16_224 224 32 $VIT; bench beit_base_patch16_224 224 32 $VIT
 python3 scripts/summarise_bench.py /tmp/gpu-bench "$OUT/gpu_bench" >/dev/null

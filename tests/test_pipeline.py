@@ -323,6 +323,11 @@ def test_killed_job_still_gives_tables_and_reports(tmp_path):
     assert "cnn, 16², batch 4, Mixed ghost" in (work / "paper/reproduction.md").read_text()
 
 
+def bench_algorithms(run: subprocess.CompletedProcess) -> list[str]:
+    """The algorithms of the bench jobs a Snakemake run (or dry run) listed, in its order."""
+    return [Path(p).stem for p in re.findall(r"output: (results/bench/\S+)", run.stdout + run.stderr)]
+
+
 @pytest.mark.slow
 def test_one_invocation_redoes_every_failure_of_a_group(tmp_path):
     """Two failure records in one comparison group (as after a group job killed from outside): the next
@@ -341,7 +346,7 @@ def test_one_invocation_redoes_every_failure_of_a_group(tmp_path):
     first = snakemake("--cores", "2", "--configfile", str(path), cwd=work, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = {a: work / f"results/bench/tiny/cnn/s16_b4/{a}.json" for a in config["bench"][0]["algorithms"]}
-    chain = [Path(p).stem for p in re.findall(r"output: (results/bench/\S+)", first.stdout + first.stderr)]
+    chain = bench_algorithms(first)
     assert sorted(chain) == sorted(results)  # the order the group ran them in
     for algorithm in (chain[1], chain[3]):
         results[algorithm].write_text(json.dumps(failure_record(
@@ -350,7 +355,7 @@ def test_one_invocation_redoes_every_failure_of_a_group(tmp_path):
 
     second = snakemake("--cores", "2", "--configfile", str(path), cwd=work, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    rerun = {Path(p).stem for p in re.findall(r"output: (results/bench/\S+)", second.stdout + second.stderr)}
+    rerun = set(bench_algorithms(second))
     assert rerun == set(chain[1:])
     assert results[chain[0]].read_text() == kept
     assert all("status" not in json.loads(f.read_text()) for f in results.values())
@@ -359,7 +364,7 @@ def test_one_invocation_redoes_every_failure_of_a_group(tmp_path):
     # the same masking for the command line's -R: a rule reruns all its jobs, a file the ones after it
     for force, expected in [("bench", chain), (str(results[chain[2]].relative_to(work)), chain[2:])]:
         dry = snakemake("-n", "-R", force, "--cores", "2", "--configfile", str(path), cwd=work)
-        forced = {Path(p).stem for p in re.findall(r"output: (results/bench/\S+)", dry.stdout + dry.stderr)}
+        forced = set(bench_algorithms(dry))
         assert forced == set(expected), (force, forced)
 
 

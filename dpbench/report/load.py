@@ -133,7 +133,7 @@ def train_frame(paths) -> pd.DataFrame:
     """One row per training result: model, data, algorithm, target and spent epsilon, test accuracy."""
     rows = []
     for path, r in measured_results(paths, "train"):
-        c = r["config"]
+        c, ranks = r["config"], world_size(r)
         rows.append({
             "model": r.get("model", c.get("model")), "dataset": r.get("dataset", c.get("dataset")),
             "algorithm": r.get("algorithm", c.get("algorithm")),
@@ -141,7 +141,7 @@ def train_frame(paths) -> pd.DataFrame:
             "delta": r.get("delta"), "noise_multiplier": r.get("noise_multiplier"), "accountant": r.get("accountant"),
             "epochs": r.get("epochs"), "steps": r.get("steps"), "expected_batch_size": r.get("expected_batch_size"),
             "test_accuracy": r.get("test_accuracy"), "wall_time_s": r.get("wall_time_s"),
-            "device": device_label(r["environment"], world_size(r)), "ranks": world_size(r),
+            "device": device_label(r["environment"], ranks), "ranks": ranks,
             **{f"epsilon_{name}": (r.get("epsilon_by_accountant") or {}).get(name) for name in ACCOUNTANTS},
             "sampling": r.get("sampling", c.get("sampling")), "frozen_tensors": len(r.get("frozen") or []),
             "trainable_parameters": r.get("trainable_parameters"), "validation_accuracy": r.get("validation_accuracy"),

@@ -268,16 +268,20 @@ def bench_at_max_files(wildcards):
     return files
 
 
+def at_max_file_on_disk(key):
+    """The throughput run at the maximum batch size of the search `key`, read from its result on disk (no
+    checkpoint to wait for); None while the search has not finished, failed or found no batch size."""
+    path = Path(MAXBATCH.format(**key))
+    if not path.exists() or is_failure_file(path):
+        return None
+    batch_size = json.loads(path.read_text()).get("max_batch_size") or 0
+    return BENCH.format(batch_size=batch_size, **key) if batch_size > 0 else None
+
+
 def at_max_files_so_far():
     """The throughput runs at the maximum batch sizes of the searches finished so far (read at parse time)."""
-    files = []
-    for key in maxbatch_keys():
-        path = Path(MAXBATCH.format(**key))
-        if SWEEPS[key["sweep"]]["throughput"] and path.exists() and not is_failure_file(path):
-            batch_size = json.loads(path.read_text()).get("max_batch_size") or 0
-            if batch_size > 0:
-                files.append(BENCH.format(batch_size=batch_size, **key))
-    return files
+    files = [at_max_file_on_disk(key) for key in maxbatch_keys() if SWEEPS[key["sweep"]]["throughput"]]
+    return [f for f in files if f]
 
 
 def complexity_files():
@@ -314,9 +318,10 @@ def budget_option(sweep, throughput_at_max=False):
     return "" if budget is None else f" --memory-budget {shlex.quote(str(budget))}"
 
 
-def nproc_option(sweep):
-    """--nproc of a sweep's bench runs (none for one rank)."""
-    return f" --nproc {sweep['nproc']}" if sweep.get("nproc", 1) > 1 else ""
+def nproc_option(wildcards):
+    """--nproc of a bench run (none for one rank)."""
+    nproc = bench_nproc(wildcards)
+    return f" --nproc {nproc}" if nproc > 1 else ""
 
 
 def bench_options(wildcards):
@@ -324,7 +329,7 @@ def bench_options(wildcards):
     return (f"--model {wildcards.model} --algorithm {wildcards.algorithm} --image-size {wildcards.image_size}"
             f" --batch-size {wildcards.batch_size} --num-classes {sweep['num_classes']}"
             f"{budget_option(sweep, throughput_at_max=wildcards.sweep not in BENCH_SWEEPS)}"
-            f"{nproc_option(sweep)}"
+            f"{nproc_option(wildcards)}"
             f" --steps {sweep['steps']} --warmup {sweep['warmup']} --dtype {config['dtype']} {device_options()}")
 
 
@@ -494,16 +499,10 @@ def bench_previous(wildcards):
 
 def at_max_files_before(wildcards, order):
     """The throughput runs at the maximum batch sizes found so far of the algorithms before this one in its
-    at_max group (read from the search results on disk: no checkpoint to wait for)."""
-    files = []
-    for algorithm in _previous(order, wildcards.algorithm):
-        key = dict(sweep=wildcards.sweep, model=wildcards.model, image_size=wildcards.image_size, algorithm=algorithm)
-        path = Path(MAXBATCH.format(**key))
-        if path.exists() and not is_failure_file(path):
-            batch_size = json.loads(path.read_text()).get("max_batch_size") or 0
-            if batch_size > 0:
-                files.append(BENCH.format(batch_size=batch_size, **key))
-    return files
+    at_max group."""
+    files = [at_max_file_on_disk(dict(sweep=wildcards.sweep, model=wildcards.model, image_size=wildcards.image_size,
+                                      algorithm=algorithm)) for algorithm in _previous(order, wildcards.algorithm)]
+    return [f for f in files if f]
 
 
 def maxbatch_previous(wildcards):
@@ -528,7 +527,8 @@ def measured_config(wildcards, extra=None):
 
 def bench_record(wildcards):
     sweep = SWEEPS[wildcards.sweep]
-    ranks = {"nproc": sweep["nproc"]} if sweep.get("nproc", 1) > 1 else {}  # 1 rank: the record of earlier versions
+    nproc = bench_nproc(wildcards)
+    ranks = {"nproc": nproc} if nproc > 1 else {}  # 1 rank: the record of earlier versions
     return measured_config(wildcards, {"num_classes": sweep["num_classes"], "memory_budget": sweep.get("memory_budget"),
                                        **ranks})
 
