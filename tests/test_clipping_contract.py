@@ -12,7 +12,7 @@ from torch import nn
 
 from dpbench.clipping import ALGORITHMS, PrivacyEngine, replace_batchnorm
 from dpbench.errors import DpbenchError
-from oracle import check_algorithm, per_sample_loss
+from oracle import OWN_ALGORITHMS, check_algorithm, per_sample_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -232,11 +232,18 @@ class SequenceFirstInside(nn.Module):
         return self.lin(x.transpose(0, 1))
 
 
-def test_layers_that_are_not_batch_first_are_refused_by_name():
+@pytest.mark.parametrize("T, match", [
+    (5, r"module 'lin' \(Linear\) has an output with leading dimension 5, but the batch has 2 losses"),
+    # the sequence as long as the batch: sizes cannot tell, the layout probe can
+    (2, r"module 'lin' \(Linear\) has an output whose dim 0 is not the batch"),
+    (4, r"module 'lin' \(Linear\) has an output whose dim 0 is not the batch")])
+@pytest.mark.parametrize("algorithm", OWN_ALGORITHMS)
+def test_layers_that_are_not_batch_first_are_refused_by_name_whatever_the_sizes(T, match, algorithm):
     model = SequenceFirstInside()
-    engine = PrivacyEngine(model, "ghost")
-    with pytest.raises(DpbenchError, match=r"module 'lin' got an input with leading dimension 5"):
-        engine.backward(model(torch.randn(2, 5, 3)).sum((0, 2)))
+    engine = PrivacyEngine(model, algorithm)
+    with pytest.raises(DpbenchError, match=match):
+        engine.backward(model(torch.randn(2, T, 3)).sum((0, 2)))
+    assert all(p.grad is None for p in model.parameters())  # refused before anything was added
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -57,11 +57,18 @@ class OpacusBackend:
                 raise _unsupported_layer(model) from err
             raise
         self.layer_report: list[dict] = []
+        self._forwards = 0  # top-level forwards since the last backward
         self._instance_forward = model.__dict__.get("forward")
         self._forward = model.forward
         model.forward = self._explained_forward
 
     def _explained_forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            self._forwards += 1
+            if self._forwards > 1:
+                raise DpbenchError("the opacus baselines take one forward of the model per backward (Opacus pairs "
+                                   "each layer's stored activations with one backward); for several forwards or "
+                                   "views per sample use one of dpbench's own algorithms (e.g. mixed_ghost)")
         try:
             return self._forward(*args, **kwargs)
         except RuntimeError as err:
@@ -72,10 +79,20 @@ class OpacusBackend:
                     "or one of dpbench's own algorithms, which handle in-place models") from err
             raise
 
+    def reset(self) -> None:
+        """Forget the forward recorded since the last backward."""
+        self._forwards = 0
+        for module in self.model.modules():
+            if hasattr(module, "activations"):
+                module.activations = []
+
     def backward(self, losses: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return self._backward(losses)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                return self._backward(losses)
+        finally:
+            self._forwards = 0
 
     def _backward(self, losses: torch.Tensor) -> torch.Tensor:
         saved = [p.grad for p in self.params]

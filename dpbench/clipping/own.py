@@ -5,6 +5,7 @@ instantiated); then either a second backward of Σ Cᵢ Lᵢ or the book-kept cl
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import torch
@@ -14,12 +15,16 @@ from torch.utils._pytree import tree_flatten
 
 from dpbench.clipping.algorithms import Algorithm
 from dpbench.clipping.decision import INSTANTIATE
+from dpbench.clipping.layout import fold, nonzero_slices, probed_samples, signature, slices_per_sample
 from dpbench.clipping.layers import Call, GenericRule, LayerRule, OpRule, specific_rule
 from dpbench.clipping.layers.base import batch_slice, chunked_weighted_sum, squared_norms
 from dpbench.clipping.layers.ops import OpCall, site_for
 from dpbench.clipping.usage import ParameterTracer, Use
 from dpbench.errors import DpbenchError
 
+
+# input signatures whose layouts are remembered (layout.py); the oldest is forgotten beyond this
+KNOWN_SIGNATURES = 64
 
 # temporaries of one layer's norm computation (4 MiB in float32): in the first backward of a two-pass
 # algorithm every activation is still alive, so anything above this adds to the step's peak memory
@@ -78,8 +83,14 @@ class OwnBackend:
         self._op_rule_of: dict[int, OpRule] = {}
         self._frontier: list = []
         self._depth = 0
+        self._traced = False  # whether the tracer watches the current top-level forward
         self._collecting = False
         self._replaying = False
+        self._probing: int | None = None  # the sample whose loss alone is being backpropagated
+        self._layouts: dict[tuple, dict] = {}  # input signature -> {(key id, call index): slices per sample}
+        self._layout: dict | None = None  # this step's, while it is being found (None: known)
+        self._covered: set[int] = set()  # ids of the parameters whose per-sample gradients this backward formed
+        self.probe_seconds = 0.0  # time of the layout probes so far (first step of each input signature)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # the first forward is surveyed; later ones watch only the parameters of operation rules
         self._tracer: ParameterTracer | None = ParameterTracer(trainable, self._on_site, survey=True,
@@ -98,11 +109,14 @@ class OwnBackend:
         if self._replaying or not torch.is_grad_enabled():
             return
         if self._depth == 0:
-            self._calls, self._frontier = {}, []
+            # every top-level forward since the last backward joins the step: the losses' graph decides
+            # which calls count (a call whose outputs get no gradient adds nothing)
             inputs = _tensors((args, kwargs))
             self._frontier += [x for x in inputs if x.requires_grad]
-            if self._tracer is not None:
-                batch = next((x.shape[0] for x in inputs if x.dim() > 0), None)
+            batch = next((x.shape[0] for x in inputs if x.dim() > 0), None)
+            # an empty batch (Poisson sampling) has no per-sample work and is no ground for the survey
+            self._traced = self._tracer is not None and batch != 0
+            if self._traced:
                 self._tracer.start(model, batch)
         self._depth += 1
 
@@ -110,7 +124,7 @@ class OwnBackend:
         if self._replaying or self._depth == 0:
             return
         self._depth -= 1
-        if self._depth == 0 and self._tracer is not None:
+        if self._depth == 0 and self._traced:
             self._tracer.stop()
             if self._tracer.survey:
                 self._settle(self._tracer.uses)
@@ -274,16 +288,22 @@ class OwnBackend:
         calls = self._calls.get(call.key)
         if not self._collecting or calls is None:
             return
+        if self._probing is not None:
+            self._check_unmodified(self.rules[call.key], call)  # before autograd needs what was modified
+            call.probes.append((self._probing, k, nonzero_slices(grad)))
+            return
         call.grads[k] = grad
         call.pending -= 1
         if all(c.pending == 0 for c in calls):
             self._process(call.key)
 
     def _process(self, key) -> None:
-        calls = [c for c in self._calls.pop(key, []) if any(g is not None for g in c.grads)]
+        rule = self.rules.get(key)
+        calls = [self._laid_out(rule, key, i, c) for i, c in enumerate(self._calls.pop(key, []))
+                 if any(g is not None for g in c.grads)]
         if not calls:
             return
-        rule = self.rules[key]
+        self._covered.update(id(p) for p in rule.params.values())
         for c in calls:
             self._validate(rule, c)
         choice = rule.choose(calls, self.algorithm.norms)
@@ -318,7 +338,7 @@ class OwnBackend:
             "name": rule.name, "rule": type(rule).__name__, **self._path(rule, calls),
             "T": shape.T if shape else None, "d": shape.d if shape else None,
             "p": shape.p if shape else None, "groups": shape.groups if shape else None,
-            "calls": len(calls), "choice": choice, **timing,
+            "calls": len(calls), "choice": choice, "slices_per_sample": calls[0].folded, **timing,
             "_order": rule.order if isinstance(rule, OpRule) else self._order[key]})
 
     def _path(self, rule: LayerRule, calls: list[Call]) -> dict:
@@ -343,11 +363,43 @@ class OwnBackend:
             return [calls]
         return [batch_slice(calls, slice(i, min(i + size, B)), B) for i in range(0, B, size)]
 
-    def _validate(self, rule: LayerRule, call: Call) -> None:
+    def _laid_out(self, rule: LayerRule, key, index: int, call: Call) -> Call:
+        """The call with its batch layout established (layout.py): as it is when batch-first, regrouped
+        per sample when folded; a layout without a per-sample reading is refused."""
+        B = self._norm_sq.shape[0]
+        if self._layout is None:
+            W = self._known_layout.get((id(key), index), 1)
+        else:
+            W = slices_per_sample(call.probes, call.out_meta, B)
+            call.probes = []
+            self._layout[(id(key), index)] = W
+        kind = type(rule.module).__name__ if rule.module is not None else rule.sites([call])
+        if W is None and any(not len(m[0]) or m[0][0] % B for m in call.out_meta):
+            raise DpbenchError(f"module '{rule.name}' ({kind}) has an output with leading dimension "
+                               f"{call.out_meta[0][0][0] if len(call.out_meta[0][0]) else 'none'}, but the batch has "
+                               f"{B} losses: dpbench needs the batch in dim 0 of every layer (e.g. batch_first=True)")
+        if W is None:
+            raise DpbenchError(f"module '{rule.name}' ({kind}) has an output whose dim 0 is not the batch: its "
+                               "slices depend on several samples' losses (a sequence-first layout, or samples "
+                               "mixed), so no per-sample rule applies; give every layer the batch in dim 0 "
+                               "(e.g. batch_first=True)")
+        if W == 1:
+            return call
+        if not rule.folds:
+            raise DpbenchError(f"module '{rule.name}' ({kind}) gets the batch folded with {W} slices per sample "
+                               "into dim 0 (as window attention does), which its rule cannot regroup; keep "
+                               "the batch alone in dim 0 there")
+        return fold(call, B, W)
+
+    @staticmethod
+    def _check_unmodified(rule: LayerRule, call: Call) -> None:
         inputs = _tensors((call.args, call.kwargs))
         if any(x._version != v for x, v in zip(inputs, call.versions)):
             raise DpbenchError(f"an input of module '{rule.name}' was modified in place after the module "
                                "used it; per-sample gradients need it unchanged (use inplace=False there)")
+
+    def _validate(self, rule: LayerRule, call: Call) -> None:
+        self._check_unmodified(rule, call)
         B = self._norm_sq.shape[0]
         if isinstance(rule, (GenericRule, OpRule)):
             return
@@ -359,8 +411,14 @@ class OwnBackend:
                                f"{call.args[0].shape[0]}, but the batch has {B} losses: dpbench needs "
                                "batch-first inputs in every layer")
 
-    def backward(self, losses: torch.Tensor) -> torch.Tensor:
-        """Per-sample norms, then ADD the clipped sum to every trainable p.grad; returns the norms."""
+    def reset(self) -> None:
+        """Forget the forwards recorded since the last backward."""
+        self._calls, self._frontier = {}, []
+
+    def backward(self, losses: torch.Tensor, reached: list[torch.Tensor]) -> torch.Tensor:
+        """Per-sample norms, then ADD the clipped sum to every trainable p.grad; returns the norms.
+        `reached`: the trainable parameters the losses' graph reaches; each must have its per-sample
+        gradient formed by a recorded call, else nothing is added and the parameter is named."""
         if not self._calls:
             raise DpbenchError("no forward pass was recorded before backward: run the model with "
                                "gradients enabled on the batch whose per-sample losses you pass")
@@ -368,17 +426,29 @@ class OwnBackend:
         dtype = torch.promote_types(losses.dtype, torch.float32)
         self._norm_sq = torch.zeros(losses.shape[0], dtype=dtype, device=losses.device)
         self._kept: list = []
+        self._covered = set()
         self.layer_report = []
         inputs = self._frontier + [p for p in self.generic_params if p.requires_grad]
+        sig = signature(self._calls, losses.shape[0])
+        self._known_layout = self._layouts.get(sig)
+        self._layout = {} if self._known_layout is None else None
         self._collecting = True
         try:
+            if self._layout is not None:
+                self._probe(losses, inputs)
             torch.autograd.grad(losses, inputs, grad_outputs=torch.ones_like(losses),
                                 retain_graph=two_pass, allow_unused=True)
             for module in list(self._calls):
                 self._process(module)
+            self._check_covered(reached)
         finally:
             self._collecting = False
-            self._calls, self._frontier = {}, []
+            self.reset()
+        if self._layout is not None:
+            while len(self._layouts) >= KNOWN_SIGNATURES:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[sig] = {k: w for k, w in self._layout.items() if w != 1}
+            self._layout = None
         self.layer_report.sort(key=lambda r: r.pop("_order"))
         norms = self._norm_sq.sqrt()
         coef = (self.max_grad_norm / norms).clamp(max=1.0)
@@ -388,6 +458,30 @@ class OwnBackend:
             self._add_book_kept_sums(coef)
         self._norm_sq, self._kept = None, []
         return norms
+
+    def _probe(self, losses: torch.Tensor, inputs: list) -> None:
+        """The layout probe (layout.py): one backward of each probed sample's loss alone, recording which
+        dim-0 slices of every call's output gradient are non-zero."""
+        start = time.perf_counter()
+        try:
+            for k in probed_samples(losses.shape[0]):
+                self._probing = k
+                alone = torch.zeros_like(losses)
+                alone[k] = 1
+                torch.autograd.grad(losses, inputs, grad_outputs=alone, retain_graph=True, allow_unused=True)
+        finally:
+            self._probing = None
+        self.probe_seconds += time.perf_counter() - start
+
+    def _check_covered(self, reached: list[torch.Tensor]) -> None:
+        """Refuse before anything is added if a parameter the losses reach got no per-sample gradient."""
+        missing = [p for p in reached if id(p) not in self._covered]
+        if missing:
+            names = ", ".join(f"'{self._full_names.get(id(p), tuple(p.shape))}'" for p in missing[:3])
+            raise DpbenchError(f"parameter {names} gets a gradient from the losses that no recorded forward call "
+                               "accounts for (a loss term computed from it outside the model's forward, or a "
+                               "forward run under a context that hid it), so its per-sample gradient cannot be "
+                               "clipped; compute every loss term through the model's forward")
 
     def _add_book_kept_sums(self, coef: torch.Tensor) -> None:
         while self._kept:

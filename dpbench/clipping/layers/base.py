@@ -26,6 +26,8 @@ class Call:
     autocast: tuple | None = None  # (device type, dtype) when the forward ran under autocast
     key: object = None  # the module (or operation rule) whose calls this one joins; None: not processed
     unbatched: frozenset = frozenset()  # positions in the flattened (args, kwargs) that are never batch-sliced
+    probes: list = field(default_factory=list)  # (sample, output leaf, nonzero dim-0 slices) of the layout probe
+    folded: int = 1  # slices of dim 0 per sample (layout.py); > 1: tensors regrouped to [B, W, …]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class LayerRule:
     """
 
     has_ghost = False
+    # whether the rule stays exact on calls whose tensors were regrouped from [B·W, …] to [B, W, …]
+    # (the batch folded with W slices per sample into dim 0, see layout.py)
+    folds = False
 
     def __init__(self, module: nn.Module, name: str):
         self.module = module

@@ -13,6 +13,7 @@ class EmbeddingRule(LayerRule):
     """Embedding lookups; rows at padding_idx get no gradient."""
 
     has_ghost = True
+    folds = True
 
     def __init__(self, module, name):
         super().__init__(module, name)

@@ -40,6 +40,8 @@ class GenericRule(LayerRule):
     It can also adopt parameters of submodules that the module's forward uses directly (for
     example `F.linear(x, self.qkv.weight)`); they are named by their path inside the module."""
 
+    folds = True  # a sample's W slices are replayed as one call of the module on W rows
+
     def adopt(self, name: str, param: torch.nn.Parameter) -> None:
         """Take over a parameter of a submodule, used directly in this module's forward."""
         self.params[name] = param
@@ -70,14 +72,14 @@ class GenericRule(LayerRule):
         def forward(p, xs):
             full = list(leaves)
             for i, x in zip(batched, xs):
-                full[i] = x.unsqueeze(0)
+                full[i] = x if call.folded > 1 else x.unsqueeze(0)
             args, kwargs = tree_unflatten(full, spec)
             outs, _ = tree_flatten(functional_call(module, p, tuple(args), kwargs))
             return tuple(outs[j] for j in out_spec_index)
 
         def per_sample(xs, gs):
             _, pullback = vjp(lambda p: forward(p, xs), params)
-            return pullback(tuple(g.unsqueeze(0) for g in gs))[0]
+            return pullback(tuple(g if call.folded > 1 else g.unsqueeze(0) for g in gs))[0]
 
         try:
             replay_autocast = (torch.autocast(call.autocast[0], dtype=call.autocast[1]) if call.autocast

@@ -49,6 +49,7 @@ class LinearRule(LayerRule):
     """y = x Wᵀ + b: per-sample weight gradient GᵀA, bias gradient Σ_t G."""
 
     has_ghost = True
+    folds = True
 
     def shape(self, calls):
         T = sum(c.args[0][0].numel() // self.module.in_features for c in calls)

@@ -33,6 +33,8 @@ class _AffineNormRule(LayerRule):
 class LayerNormRule(_AffineNormRule):
     """LayerNorm over the trailing normalized_shape: Σ g·x̂ and Σ g over the leading positions."""
 
+    folds = True
+
     def channels(self):
         return math.prod(self.module.normalized_shape)
 

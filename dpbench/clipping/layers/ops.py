@@ -266,7 +266,7 @@ class ReplaySite(Site):
         def forward(primals, xs):
             full = list(leaves)
             for i, x in zip(batched, xs):
-                full[i] = x.unsqueeze(0)
+                full[i] = x if call.folded > 1 else x.unsqueeze(0)
             for i, p in zip(positions, primals):
                 full[i] = p
             args, kwargs = tree_unflatten(full, spec)
@@ -275,7 +275,7 @@ class ReplaySite(Site):
 
         def per_sample(xs, gs):
             _, pullback = vjp(lambda *p: forward(p, xs), *(o.tensor.detach() for o in call.operands))
-            return pullback(tuple(g.unsqueeze(0) for g in gs))
+            return pullback(tuple(g if call.folded > 1 else g.unsqueeze(0) for g in gs))
 
         replay_autocast = torch.autocast(call.autocast[0], dtype=call.autocast[1]) if call.autocast else nullcontext()
         with torch.no_grad(), replay_autocast:
@@ -309,6 +309,8 @@ class OpRule(LayerRule):
 
     A group whose only operations are `F.linear` calls on one weight parameter has the Linear rule's
     ghost norm, and takes the mixed decision per call shape like an nn.Linear."""
+
+    folds = True  # every site reads positions between the batch and the operand's own dims
 
     def __init__(self, name: str, params: dict[str, torch.nn.Parameter], order: int):
         self.module = None
