@@ -123,8 +123,9 @@ class PrivacyEngine:
         if self._backend is not None:
             self._backend.reset()
 
-    def _reached_parameters(self, losses: torch.Tensor) -> list[torch.Tensor]:
-        """The engine's parameters that the losses' graph reaches (graph.py), after checking that the
+    def _reached_parameters(self, losses: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """The engine's parameters that the losses' graph reaches, with their uses there (graph.py),
+        after checking that the
         trainable parameters are the ones the engine was built with: one frozen, unfrozen or added
         since, or a parameter outside the model that the losses depend on, is named and refused."""
         names = _parameter_names(self.model)
@@ -141,9 +142,9 @@ class PrivacyEngine:
                                "after the model's final requires_grad settings (engine.detach(), then a new "
                                "PrivacyEngine)")
         reached = []
-        for leaf in reachable_leaves(losses):
+        for leaf, edges in reachable_leaves(losses):
             if id(leaf) in mine:
-                reached.append(leaf)
+                reached.append((leaf, edges))
             elif isinstance(leaf, nn.Parameter):
                 raise DpbenchError(f"the losses depend on a trainable parameter of shape {tuple(leaf.shape)} that is "
                                    "not the model's, so dpbench cannot clip its per-sample gradient; make it a "

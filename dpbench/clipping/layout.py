@@ -28,8 +28,8 @@ def _dims(shape, batch: int) -> tuple:
 
 def signature(calls_by_key: dict, batch: int) -> tuple:
     """The input signature of one step: every recorded call's output shapes, per key, in order."""
-    return tuple((id(key), tuple(tuple(_dims(m[0], batch) for m in c.out_meta) for c in calls))
-                 for key, calls in calls_by_key.items())
+    return tuple(sorted((id(key), tuple(tuple(_dims(m[0], batch) for m in c.out_meta) for c in calls))
+                        for key, calls in calls_by_key.items()))
 
 
 def probed_samples(batch: int) -> list[int]:
@@ -71,6 +71,6 @@ def fold(call, batch: int, W: int):
 
     leaves, spec = tree_flatten((call.args, call.kwargs))
     args, kwargs = tree_unflatten([x if i in call.unbatched else regroup(x) for i, x in enumerate(leaves)], spec)
-    meta = tuple(((batch, W, *m[0][1:]), *m[1:]) for m in call.out_meta)
+    meta = tuple((torch.Size((batch, W, *m[0][1:])), *m[1:]) for m in call.out_meta)
     return replace(call, args=args, kwargs=kwargs, grads=[regroup(g) for g in call.grads], out_meta=meta,
                    folded=W)

@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch._C._functorch import peek_interpreter_stack
 from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
@@ -89,9 +90,11 @@ class OwnBackend:
         self._probing: int | None = None  # the sample whose loss alone is being backpropagated
         self._layouts: dict[tuple, dict] = {}  # input signature -> {(key id, call index): slices per sample}
         self._layout: dict | None = None  # this step's, while it is being found (None: known)
-        self._covered: set[int] = set()  # ids of the parameters whose per-sample gradients this backward formed
+        # id of each parameter whose per-sample gradient this backward formed -> the calls that formed it
+        self._covered: dict[int, int] = {}
         self.probe_seconds = 0.0  # time of the layout probes so far (first step of each input signature)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        self._trainable = {id(p): p for p in trainable}
         # the first forward is surveyed; later ones watch only the parameters of operation rules
         self._tracer: ParameterTracer | None = ParameterTracer(trainable, self._on_site, survey=True,
                                                                on_output=self._record_candidate)
@@ -105,8 +108,13 @@ class OwnBackend:
         return [p for r in self.rules.values() if isinstance(r, GenericRule) for p in r.params.values()]
 
     # ---- forward -------------------------------------------------------------------------------
+    def _ignored(self) -> bool:
+        """Forwards that are not the step's: the engine's own replays, no-grad ones, and those run inside
+        a torch.func transform (a user's brute force, whose tensors are not the batch's)."""
+        return self._replaying or not torch.is_grad_enabled() or peek_interpreter_stack() is not None
+
     def _root_pre_hook(self, model, args, kwargs):
-        if self._replaying or not torch.is_grad_enabled():
+        if self._ignored():
             return
         if self._depth == 0:
             # every top-level forward since the last backward joins the step: the losses' graph decides
@@ -117,7 +125,7 @@ class OwnBackend:
             # an empty batch (Poisson sampling) has no per-sample work and is no ground for the survey
             self._traced = self._tracer is not None and batch != 0
             if self._traced:
-                self._tracer.start(model, batch)
+                self._tracer.start(model, batch, inputs)
         self._depth += 1
 
     def _root_post_hook(self, model, args, output):
@@ -170,9 +178,10 @@ class OwnBackend:
     # ---- after the first forward: module rule, operation rule or generic replay --------------------
     def _settle(self, uses: list[Use]) -> None:
         """Give every surveyed parameter its rule (see usage.py) and the first forward's calls to them."""
+        # the parameters trainable when the engine was built (a change since is refused at backward)
+        params = self._trainable
         owners = {id(p): (m, n) for m in self.model.modules() for n, p in m.named_parameters(recurse=False)
-                  if p.requires_grad}
-        params = {id(p): p for p in self.model.parameters() if p.requires_grad}
+                  if id(p) in params}
         by_param: dict[int, list[Use]] = {i: [] for i in params}
         parent = {i: i for i in params}
 
@@ -265,7 +274,7 @@ class OwnBackend:
         host_rule.adopt(f"{owner_path}.{name}" if owner_path else name, param)
 
     def _record(self, module, args, kwargs, output, store=None):
-        if self._replaying or not torch.is_grad_enabled():
+        if self._ignored():
             return
         leaves, spec = tree_flatten(output)
         index = tuple(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad)
@@ -303,7 +312,8 @@ class OwnBackend:
                  if any(g is not None for g in c.grads)]
         if not calls:
             return
-        self._covered.update(id(p) for p in rule.params.values())
+        for p in rule.params.values():
+            self._covered[id(p)] = self._covered.get(id(p), 0) + len(calls)
         for c in calls:
             self._validate(rule, c)
         choice = rule.choose(calls, self.algorithm.norms)
@@ -415,10 +425,11 @@ class OwnBackend:
         """Forget the forwards recorded since the last backward."""
         self._calls, self._frontier = {}, []
 
-    def backward(self, losses: torch.Tensor, reached: list[torch.Tensor]) -> torch.Tensor:
+    def backward(self, losses: torch.Tensor, reached: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
         """Per-sample norms, then ADD the clipped sum to every trainable p.grad; returns the norms.
-        `reached`: the trainable parameters the losses' graph reaches; each must have its per-sample
-        gradient formed by a recorded call, else nothing is added and the parameter is named."""
+        `reached`: the trainable parameters the losses' graph reaches, with their uses there (graph.py);
+        each must have its per-sample gradient formed by recorded calls, else nothing is added and the
+        parameter is named."""
         if not self._calls:
             raise DpbenchError("no forward pass was recorded before backward: run the model with "
                                "gradients enabled on the batch whose per-sample losses you pass")
@@ -426,7 +437,7 @@ class OwnBackend:
         dtype = torch.promote_types(losses.dtype, torch.float32)
         self._norm_sq = torch.zeros(losses.shape[0], dtype=dtype, device=losses.device)
         self._kept: list = []
-        self._covered = set()
+        self._covered = {}
         self.layer_report = []
         inputs = self._frontier + [p for p in self.generic_params if p.requires_grad]
         sig = signature(self._calls, losses.shape[0])
@@ -473,9 +484,14 @@ class OwnBackend:
             self._probing = None
         self.probe_seconds += time.perf_counter() - start
 
-    def _check_covered(self, reached: list[torch.Tensor]) -> None:
-        """Refuse before anything is added if a parameter the losses reach got no per-sample gradient."""
-        missing = [p for p in reached if id(p) not in self._covered]
+    def _check_covered(self, reached: list[tuple[torch.Tensor, int]]) -> None:
+        """Refuse before anything is added if a parameter the losses reach got no per-sample gradient,
+        or (for a layer rule, which uses each parameter once per call) is used by the graph more often
+        than its recorded calls account for."""
+        module_rule = {id(p) for r in self.rules.values() if not isinstance(r, (GenericRule, OpRule))
+                       for p in r.params.values()}
+        missing = [p for p, edges in reached if id(p) not in self._covered
+                   or (id(p) in module_rule and edges > self._covered[id(p)])]
         if missing:
             names = ", ".join(f"'{self._full_names.get(id(p), tuple(p.shape))}'" for p in missing[:3])
             raise DpbenchError(f"parameter {names} gets a gradient from the losses that no recorded forward call "

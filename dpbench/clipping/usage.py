@@ -13,6 +13,7 @@ operation rules cover, and hand each site to the engine."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -62,15 +63,20 @@ class ParameterTracer(TorchFunctionMode):
         self.names: dict[int, str] = {}
         self.batch = None
         self.derived: dict[int, tuple] = {}  # id -> (tensor, the parameters it is computed from)
+        # survey only: id -> weak reference of every tensor computed from the forward's inputs (the data),
+        # so that a tensor of the data is told from a constant by where it comes from, not by its size
+        self.from_data: dict[int, weakref.ref] = {}
         self.uses: list[Use] = []
         self.stack: list[nn.Module] = []
         self._handles: list = []
         self._active = False
 
-    def start(self, model: nn.Module, batch: int) -> None:
-        """Begin watching a forward of `model` on a batch of `batch` samples."""
+    def start(self, model: nn.Module, batch: int, inputs: list[Tensor] = ()) -> None:
+        """Begin watching a forward of `model` on a batch of `batch` samples (its tensor `inputs`)."""
         self.batch, self.derived = batch, {}
         if self.survey:
+            self.from_data = {}
+            self._mark_data(inputs)
             self.names = {id(p): n for n, p in model.named_parameters()}
             self.stack = [model]
             self._handles = [
@@ -86,7 +92,21 @@ class ParameterTracer(TorchFunctionMode):
             self._active = False
         for h in self._handles:
             h.remove()
-        self._handles, self.derived = [], {}
+        self._handles, self.derived, self.from_data = [], {}, {}
+
+    def _mark_data(self, tensors) -> None:
+        for t in tensors:
+            if isinstance(t, Tensor):
+                self.from_data[id(t)] = weakref.ref(t)
+
+    def _is_data(self, x) -> bool:
+        ref = self.from_data.get(id(x))
+        return ref is not None and ref() is x
+
+    def _carries_batch(self, x) -> bool:
+        """Dim 0 is (a multiple of) the batch; which slices belong to which sample is established at
+        backward (layout.py)."""
+        return isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] > 0 and x.shape[0] % self.batch == 0
 
     def _post(self, module, args, kwargs, output):
         if self.stack and self.stack[-1] is module:
@@ -115,15 +135,19 @@ class ParameterTracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not self._watched(args, kwargs):
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if self.survey and any(self._is_data(x) for x in tree_flatten((args, kwargs))[0]):
+                self._mark_data(tree_flatten(out)[0])
+            return out
         leaves, spec = tree_flatten((args, kwargs))
         origins = [(i, x, self._origin(x)) for i, x in enumerate(leaves)]
         operands = tuple(Operand(i, x, params) for i, x, params in origins if params)
         positions = {o.position for o in operands}
-        # inputs that carry the batch: batch-first, or differentiable without being computed from
-        # parameters alone (a layout with the batch elsewhere then shows as unsupported, never as derived)
+        # inputs that carry the batch: computed from the forward's inputs (survey) or batch-first, or
+        # differentiable without being computed from parameters alone (never taken for derived)
         batched = [i for i, x in enumerate(leaves) if i not in positions and isinstance(x, Tensor)
-                   and ((x.dim() > 0 and x.shape[0] == self.batch) or x.requires_grad)]
+                   and (self._is_data(x) if self.survey else (x.dim() > 0 and x.shape[0] == self.batch)
+                        or x.requires_grad)]
         inplace = _inplace(func)
         inputs_need_grad = any(leaves[i].requires_grad for i in batched)  # before an in-place operation
         prepared = prepare_call(func, args, kwargs, operands, self.batch) if batched else None
@@ -134,11 +158,13 @@ class ParameterTracer(TorchFunctionMode):
             kept = [x.detach().clone() if i in batched else x for i, x in enumerate(leaves)]
             recorded = tree_unflatten(kept, spec)
         out = func(*args, **kwargs)
+        if self.survey and batched:
+            self._mark_data(tree_flatten(out)[0])
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
         if not outs:
             return out
         params = tuple({id(p): p for o in operands for p in o.params}.values())
-        all_batched = all(t.dim() > 0 and t.shape[0] == self.batch for t in outs)
+        all_batched = all(self._carries_batch(t) for t in outs)
         if batched or (func in _EXPANDERS and all_batched):
             if all_batched and not (inplace and 0 in positions):
                 kind = "site"
