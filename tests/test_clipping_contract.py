@@ -233,7 +233,9 @@ class SequenceFirstInside(nn.Module):
 
 
 @pytest.mark.parametrize("T, match", [
-    (5, r"module 'lin' \(Linear\) has an output with leading dimension 5, but the batch has 2 losses"),
+    # the Linear's output does not carry the batch, so the model is replayed, and its output is refused
+    (5, r"module 'SequenceFirstInside' \(SequenceFirstInside\) has an output with leading dimension 5, but the "
+        r"batch has 2 losses"),
     # the sequence as long as the batch: sizes cannot tell, the layout probe can
     (2, r"module 'lin' \(Linear\) has an output whose dim 0 is not the batch"),
     (4, r"module 'lin' \(Linear\) has an output whose dim 0 is not the batch")])

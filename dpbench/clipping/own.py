@@ -200,17 +200,18 @@ class OwnBackend:
         for i in params:
             groups.setdefault(root(i), []).append(i)
 
-        # used only in the forward of their own module, which has a specific rule (a module that got a
-        # non-batch-first input is refused by that rule)
+        # used only in the forward of their own module, which has a specific rule, on the batch's tensors
+        # (a use whose output does not carry the batch goes to an operation rule or an enclosing replay)
         module_only = {i for i in params if owners[i][0] in self.rules and all(
-            u.stack[-1] is owners[i][0] for u in by_param[i])}
+            u.stack[-1] is owners[i][0] and u.kind == "site" for u in by_param[i])}
         for group in groups.values():
             if all(i in module_only for i in group):
                 continue
             group_uses = [u for i in group for u in by_param[i]]
             if any(u.kind == "unsupported" for u in group_uses) or not any(u.kind == "site" for u in group_uses):
+                hosts = {i: self._host(owners[i][0], by_param[i]) for i in group}  # before any hand-over
                 for i in group:
-                    self._hand_over(params[i], *owners[i], self._host(owners[i][0], by_param[i]))
+                    self._hand_over(params[i], *owners[i], hosts[i])
             else:
                 self._make_op_rule([params[i] for i in group], owners)
         for call in self._surveyed_sites:
@@ -224,11 +225,21 @@ class OwnBackend:
         self._tracer = ParameterTracer(op_params, self._on_site) if op_params else None
 
     def _host(self, owner: nn.Module, uses: list[Use]) -> nn.Module:
-        """The innermost module whose forward contains every use of a parameter of `owner`."""
+        """The innermost module whose forward contains every use of a parameter of `owner` and whose
+        calls in the surveyed forward took the batch in dim 0 (else the innermost one: its replay
+        then refuses by name)."""
         if not uses:
             return owner
         common = [m for m in uses[0].stack if all(any(m is s for s in u.stack) for u in uses[1:])]
-        return next(m for m in reversed(common) if any(s is owner for s in m.modules()))
+        enclosing = [m for m in reversed(common) if any(s is owner for s in m.modules())]
+        return next((m for m in enclosing if self._batch_first(m)), enclosing[0])
+
+    def _batch_first(self, module: nn.Module) -> bool:
+        """Whether every surveyed call of a candidate host had an input with the batch in dim 0."""
+        calls = self._candidates.get(module)
+        batch = self._tracer.batch
+        return bool(calls) and all(any(x.dim() > 0 and x.shape[0] == batch for x in _tensors((c.args, c.kwargs)))
+                                   for c in calls)
 
     def _release_from_module_rule(self, owner: nn.Module, name: str) -> None:
         rule = self.rules.get(owner)

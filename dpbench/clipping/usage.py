@@ -143,10 +143,11 @@ class ParameterTracer(TorchFunctionMode):
         origins = [(i, x, self._origin(x)) for i, x in enumerate(leaves)]
         operands = tuple(Operand(i, x, params) for i, x, params in origins if params)
         positions = {o.position for o in operands}
-        # inputs that carry the batch: computed from the forward's inputs (survey) or batch-first, or
-        # differentiable without being computed from parameters alone (never taken for derived)
+        # inputs that carry the batch: computed from the forward's inputs (survey), batch-first (a constant
+        # expanded to the batch), or differentiable without being computed from parameters alone (never
+        # taken for derived); the layout probe checks at backward what each output's dim 0 holds
         batched = [i for i, x in enumerate(leaves) if i not in positions and isinstance(x, Tensor)
-                   and (self._is_data(x) if self.survey else (x.dim() > 0 and x.shape[0] == self.batch)
+                   and ((self.survey and self._is_data(x)) or (x.dim() > 0 and x.shape[0] == self.batch)
                         or x.requires_grad)]
         inplace = _inplace(func)
         inputs_need_grad = any(leaves[i].requires_grad for i in batched)  # before an in-place operation
