@@ -427,7 +427,7 @@ class OwnBackend:
         a, g = call.args[0], next(g for g in call.grads if g is not None)
         if a.is_floating_point() and a.dtype != g.dtype:  # autocast ran the layer in g's precision
             call.args = (a.to(g.dtype), *call.args[1:])
-        if a.shape[0] != B:
+        if rule.batch_size(call) != B:
             raise DpbenchError(f"module '{rule.name}' got an input with leading dimension "
                                f"{call.args[0].shape[0]}, but the batch has {B} losses: dpbench needs "
                                "batch-first inputs in every layer")

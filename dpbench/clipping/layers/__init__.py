@@ -7,6 +7,7 @@ from torch import nn
 from dpbench.clipping.layers.base import Call, LayerRule, LayerShape
 from dpbench.clipping.layers.conv import ConvRule
 from dpbench.clipping.layers.embedding import EmbeddingRule
+from dpbench.clipping.layers.embedding_bag import EmbeddingBagRule
 from dpbench.clipping.layers.generic import GenericRule
 from dpbench.clipping.layers.linear import LinearRule
 from dpbench.clipping.layers.norms import GroupNormRule, LayerNormRule
@@ -19,6 +20,7 @@ RULES = [
     (nn.Conv2d, ("forward", "_conv_forward"), ConvRule),
     (nn.Conv3d, ("forward", "_conv_forward"), ConvRule),
     (nn.Embedding, ("forward",), EmbeddingRule),
+    (nn.EmbeddingBag, ("forward",), EmbeddingBagRule),
     (nn.LayerNorm, ("forward",), LayerNormRule),
     (nn.GroupNorm, ("forward",), GroupNormRule),
 ]

@@ -63,6 +63,12 @@ class LayerRule:
         has none (the generic replay)."""
         return None
 
+    def batch_size(self, call: Call) -> int:
+        """How many samples one call covers, for the engine's check against the number of losses: the
+        leading dimension of the first input (a rule whose input is not batch-first says otherwise,
+        e.g. EmbeddingBag with offsets)."""
+        return call.args[0].shape[0]
+
     def choose(self, calls: list[Call], strategy: str) -> str:
         """Ghost or instantiate, for a norm strategy ('instantiate', 'ghost', 'mixed')."""
         if not self.has_ghost or strategy == INSTANTIATE:
