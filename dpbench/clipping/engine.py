@@ -18,6 +18,7 @@ from torch import nn
 from dpbench.clipping.algorithms import ALGORITHMS
 from dpbench.clipping.batchnorm import refuse_batchnorm
 from dpbench.clipping.graph import reachable_leaves
+from dpbench.clipping.recurrent import refuse_recurrent
 from dpbench.distributed import World
 from dpbench.errors import DpbenchError
 
@@ -72,6 +73,7 @@ class PrivacyEngine:
         self.layer_report: list[dict] = []
         if self.algorithm.backend != "plain":
             refuse_batchnorm(model)
+            refuse_recurrent(model)
             _shared_parameters(model)
         if self.algorithm.backend == "own":
             from dpbench.clipping.own import OwnBackend

@@ -95,7 +95,7 @@ class OwnBackend:
         self.probe_seconds = 0.0  # time of the layout probes so far (first step of each input signature)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self._trainable = {id(p): p for p in trainable}
-        # the first forward is surveyed; later ones watch only the parameters of operation rules
+        # the first step's forwards are surveyed; later ones watch only the parameters of operation rules
         self._tracer: ParameterTracer | None = ParameterTracer(trainable, self._on_site, survey=True,
                                                                on_output=self._record_candidate)
         self._trains = {m for m in model.modules() if any(p.requires_grad for p in m.parameters())}
@@ -133,12 +133,10 @@ class OwnBackend:
             return
         self._depth -= 1
         if self._depth == 0 and self._traced:
-            self._tracer.stop()
-            if self._tracer.survey:
-                self._settle(self._tracer.uses)
+            self._tracer.stop()  # a survey is settled at the first backward, when the losses give the batch
 
     def _record_candidate(self, module, args, kwargs, output):
-        """During the first forward: record modules that may become generic hosts."""
+        """During the survey: record modules that may become generic hosts."""
         if module not in self.rules and module in self._trains:
             self._record(module, args, kwargs, output, self._candidates)
 
@@ -175,9 +173,11 @@ class OwnBackend:
                                "forward: the forward must use parameters the same way at every step")
         return next(iter(rules.values()))
 
-    # ---- after the first forward: module rule, operation rule or generic replay --------------------
-    def _settle(self, uses: list[Use]) -> None:
-        """Give every surveyed parameter its rule (see usage.py) and the first forward's calls to them."""
+    # ---- at the first backward: module rule, operation rule or generic replay ---------------------
+    def _settle(self, uses: list[Use], batch: int) -> None:
+        """Give every surveyed parameter its rule (see usage.py) and the first step's calls to them."""
+        self._tracer.settle_kinds(batch)
+        self._batch = batch
         # the parameters trainable when the engine was built (a change since is refused at backward)
         params = self._trainable
         owners = {id(p): (m, n) for m in self.model.modules() for n, p in m.named_parameters(recurse=False)
@@ -203,7 +203,8 @@ class OwnBackend:
         # used only in the forward of their own module, which has a specific rule, on the batch's tensors
         # (a use whose output does not carry the batch goes to an operation rule or an enclosing replay)
         module_only = {i for i in params if owners[i][0] in self.rules and all(
-            u.stack[-1] is owners[i][0] and u.kind == "site" for u in by_param[i])}
+            u.stack[-1] is owners[i][0] and (u.kind == "site" or not self.rules[owners[i][0]].batch_in_dim0)
+            for u in by_param[i])}
         for group in groups.values():
             if all(i in module_only for i in group):
                 continue
@@ -237,7 +238,7 @@ class OwnBackend:
     def _batch_first(self, module: nn.Module) -> bool:
         """Whether every surveyed call of a candidate host had an input with the batch in dim 0."""
         calls = self._candidates.get(module)
-        batch = self._tracer.batch
+        batch = self._batch
         return bool(calls) and all(any(x.dim() > 0 and x.shape[0] == batch for x in _tensors((c.args, c.kwargs)))
                                    for c in calls)
 
@@ -429,7 +430,7 @@ class OwnBackend:
             call.args = (a.to(g.dtype), *call.args[1:])
         if rule.batch_size(call) != B:
             raise DpbenchError(f"module '{rule.name}' got an input with leading dimension "
-                               f"{call.args[0].shape[0]}, but the batch has {B} losses: dpbench needs "
+                               f"{rule.batch_size(call)}, but the batch has {B} losses: dpbench needs "
                                "batch-first inputs in every layer")
 
     def reset(self) -> None:
@@ -441,6 +442,8 @@ class OwnBackend:
         `reached`: the trainable parameters the losses' graph reaches, with their uses there (graph.py);
         each must have its per-sample gradient formed by recorded calls, else nothing is added and the
         parameter is named."""
+        if self._tracer is not None and self._tracer.survey and (self._calls or self._surveyed_sites or self._candidates):
+            self._settle(self._tracer.uses, losses.shape[0])
         if not self._calls:
             raise DpbenchError("no forward pass was recorded before backward: run the model with "
                                "gradients enabled on the batch whose per-sample losses you pass")

@@ -1,12 +1,15 @@
 """How the forward consumes trainable parameters, operation by operation (a torch function mode).
 
-The first forward is surveyed: every use of every trainable parameter is recorded with the modules
-whose forward was running, as one of
+The first step's forwards are surveyed: every use of every trainable parameter is recorded with the
+modules whose forward was running, as one of
 - a *site*: an operation with batched outputs that consumes the parameter or a tensor computed from
   parameters alone (`x + pos_embed`, `cls_token.expand(B, …)`, `F.linear(x, qkv.weight, qkv_bias)`);
 - *derived*: an operation on parameters and constants alone (`cat((q_bias, k_bias, v_bias))`, a bias
   table indexed by a buffer); its outputs are watched in turn;
 - *unsupported*: batched inputs but an output without the batch, which no per-sample rule can follow.
+A tensor carries the batch when it is computed from the forward's inputs (tracked, not read from its
+size); whether an output has the batch in dim 0 is decided at the first backward, when the losses give
+the batch size, and the layout probe (layout.py) then checks which sample each slice belongs to.
 The engine then decides, per group of parameters, between its module rule, an operation rule
 (layers/ops.py) and the generic replay of a module. Later forwards watch only the parameters that the
 operation rules cover, and hand each site to the engine."""
@@ -45,6 +48,8 @@ class Use:
     kind: str  # "site", "derived" or "unsupported"
     stack: tuple  # the modules whose forward was running, outermost first
     op: str
+    out_dims: tuple = ()  # dim 0 of each differentiable output
+    final: bool = True  # False: site or unsupported, decided by settle_kinds once the batch is known
 
 
 class ParameterTracer(TorchFunctionMode):
@@ -166,10 +171,14 @@ class ParameterTracer(TorchFunctionMode):
             return out
         params = tuple({id(p): p for o in operands for p in o.params}.values())
         all_batched = all(self._carries_batch(t) for t in outs)
+        in_place_on_parameter = inplace and 0 in positions
         if batched or (func in _EXPANDERS and all_batched):
-            if all_batched and not (inplace and 0 in positions):
-                kind = "site"
+            # in the survey the batch is a guess (the first input's dim 0) until the losses give it, so
+            # every candidate is recorded and `settle_kinds` decides from the outputs' sizes
+            if (all_batched or self.survey) and not in_place_on_parameter:
                 self.on_site(func, *recorded, out, operands, inputs_need_grad)
+            if all_batched and not in_place_on_parameter:
+                kind = "site"
             else:
                 kind = "unsupported"
                 if not self.survey:
@@ -181,5 +190,13 @@ class ParameterTracer(TorchFunctionMode):
             for t in outs:
                 self.derived[id(t)] = (t, params)
         if self.survey:
-            self.uses.append(Use(params, kind, tuple(self.stack), _name(func)))
+            self.uses.append(Use(params, kind, tuple(self.stack), _name(func), tuple(t.shape[0] if t.dim() else 0
+                                                                                  for t in outs),
+                                 final=in_place_on_parameter or kind == "derived"))
         return out
+
+    def settle_kinds(self, batch: int) -> None:
+        """Decide site or unsupported for every surveyed use, now that the losses give the batch."""
+        for use in self.uses:
+            if not use.final:
+                use.kind = "site" if all(d > 0 and d % batch == 0 for d in use.out_dims) else "unsupported"

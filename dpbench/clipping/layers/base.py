@@ -51,6 +51,8 @@ class LayerRule:
     # whether the rule stays exact on calls whose tensors were regrouped from [B·W, …] to [B, W, …]
     # (the batch folded with W slices per sample into dim 0, see layout.py)
     folds = False
+    # whether the batch of a call is its input's dim 0 (EmbeddingBag with offsets: the number of bags)
+    batch_in_dim0 = True
 
     def __init__(self, module: nn.Module, name: str):
         self.module = module

@@ -39,6 +39,7 @@ class EmbeddingBagRule(LayerRule):
     """nn.EmbeddingBag, 2-D input or 1-D input with offsets; sum (with per_sample_weights), mean, max."""
 
     has_ghost = True
+    batch_in_dim0 = False  # with offsets the batch is the number of bags (batch_size)
 
     def __init__(self, module, name):
         super().__init__(module, name)
