@@ -109,14 +109,28 @@ def test_vgg_at_224_mixed_choices_match_the_paper_table():
 @pytest.mark.parametrize("offset", [0.0, 10.0])
 def test_groupnorm_float32_with_inputs_far_from_zero_mean(offset):
     """GroupNorm's per-sample affine gradients come from the library's fused Σ g·x - mean·Σ g: with
-    inputs whose mean is far above their spread, still within 1e-5 of the float64 truth. (At offset 30,
-    PyTorch's own GroupNorm backward, which fastgradclip's second backward uses, is off by 1.0e-5.)"""
+    inputs whose mean is far above their spread, still as close to the float64 truth as float32 allows.
+    (At offset 30, PyTorch's own GroupNorm backward, which fastgradclip's second backward uses, is off by
+    1.0e-5.)
+
+    The tolerance grows with κ = |mean| / std of GroupNorm's input groups (19 at offset 10): the float32
+    conv output x ≈ mean carries a rounding of u·|mean| (u = 2^-24), and GroupNorm subtracts the mean,
+    forward and in its backward, so the normalised input and every gradient behind it are off by a few
+    u·κ relative, whatever computes them. Measured at offset 10: the float32 oracle (plain autograd, no
+    dpbench) is off by 5.2e-6 = 4.5 u·κ, the algorithms by 4.2e-6 to 5.5e-6 with 1 or 2 threads, half of
+    a fixed 1e-5 and dependent on the reduction order (the CPU's vector width, the thread count). RTOL32 +
+    8 u·κ (1.9e-5 at offset 10, 1.0e-5 at offset 0) is 3.4x the worst measured error. Statistics that
+    cancel catastrophically (off by ~u·κ²) still fail it: the rule's group variance taken as E[x²] - E[x]²
+    put per_sample and bk_mixed 2.1e-5 off at offset 10 (3.0e-4 at offset 30)."""
     torch.manual_seed(0)
     model = randomise_norms(nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Tanh(), nn.Flatten(),
                                           nn.Linear(8 * 6 * 6, 10)))
     with torch.no_grad():
         model[0].bias.add_(offset)
     x, y = batch(n=5, size=8)
+    with torch.no_grad():
+        groups = copy.deepcopy(model[0]).double()(x.double()).flatten(1).unflatten(1, (2, -1))  # [N, G, -1]
+    kappa = (groups.mean(-1).abs() / groups.std(-1)).max().item()
     reference = float64_reference(model, x, y)
     for algorithm in OWN_ALGORITHMS:
-        check_algorithm(model, x, y, algorithm, rtol=RTOL32, reference=reference)
+        check_algorithm(model, x, y, algorithm, rtol=RTOL32 + 8 * 2.0**-24 * kappa, reference=reference)
