@@ -9,6 +9,17 @@ from dpbench.clipping.layers.base import Call, LayerRule, LayerShape
 from dpbench.errors import DpbenchError
 
 
+def refuse_batch_dependent_lookup(module, name: str) -> None:
+    """Refuse an Embedding or EmbeddingBag whose gradient depends on the batch or is sparse."""
+    kind = type(module).__name__
+    if module.scale_grad_by_freq:
+        raise DpbenchError(f"module '{name}' ({kind}) uses scale_grad_by_freq=True: its gradient "
+                           "depends on the whole batch, so per-sample clipping is undefined; disable it")
+    if module.sparse:
+        raise DpbenchError(f"module '{name}' ({kind}) has sparse=True: dpbench needs dense "
+                           "gradients; construct it with sparse=False")
+
+
 class EmbeddingRule(LayerRule):
     """Embedding lookups; rows at padding_idx get no gradient."""
 
@@ -17,12 +28,7 @@ class EmbeddingRule(LayerRule):
 
     def __init__(self, module, name):
         super().__init__(module, name)
-        if module.scale_grad_by_freq:
-            raise DpbenchError(f"module '{name}' (Embedding) uses scale_grad_by_freq=True: its gradient "
-                               "depends on the whole batch, so per-sample clipping is undefined; disable it")
-        if module.sparse:
-            raise DpbenchError(f"module '{name}' (Embedding) has sparse=True: dpbench needs dense "
-                               "gradients; construct it with sparse=False")
+        refuse_batch_dependent_lookup(module, name)
 
     def _stacked(self, calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices [B, T] and output gradients [B, T, D], padding positions zeroed."""

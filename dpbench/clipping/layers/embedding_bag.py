@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from dpbench.clipping.layers.base import Call, LayerRule, LayerShape
+from dpbench.clipping.layers.embedding import refuse_batch_dependent_lookup
 from dpbench.errors import DpbenchError
 
 _MODES = {"sum": 0, "mean": 1, "max": 2}
@@ -43,12 +44,7 @@ class EmbeddingBagRule(LayerRule):
 
     def __init__(self, module, name):
         super().__init__(module, name)
-        if module.scale_grad_by_freq:
-            raise DpbenchError(f"module '{name}' (EmbeddingBag) uses scale_grad_by_freq=True: its gradient "
-                               "depends on the whole batch, so per-sample clipping is undefined; disable it")
-        if module.sparse:
-            raise DpbenchError(f"module '{name}' (EmbeddingBag) has sparse=True: dpbench needs dense "
-                               "gradients; construct it with sparse=False")
+        refuse_batch_dependent_lookup(module, name)
         if module.mode not in _MODES:
             raise DpbenchError(f"module '{name}' (EmbeddingBag) has mode '{module.mode}'; dpbench knows "
                                "sum, mean and max")
