@@ -293,3 +293,31 @@ def test_the_layout_probe_runs_once_per_input_signature_not_per_batch_size():
     assert engine._backend.probe_seconds == first
     engine.backward(F.cross_entropy(model(x[:5]), y[:5], reduction="none"))
     assert engine._backend.probe_seconds > first
+
+
+WINDOW_MODELS = {  # timm window-attention families, shrunk (random weights, BatchNorm replaced)
+    "swin": ("swin_tiny_patch4_window7_224", 32, dict(img_size=32, window_size=4, embed_dim=12, depths=(2, 1),
+                                                      num_heads=(2, 2), patch_size=4)),
+    "swinv2": ("swinv2_tiny_window8_256", 32, dict(img_size=32, window_size=4, embed_dim=12, depths=(2, 1),
+                                                   num_heads=(2, 2), patch_size=4)),
+    "davit": ("davit_tiny", 32, dict(embed_dims=(8, 16), depths=(1, 1), num_heads=(2, 2), window_size=2)),
+}
+
+
+@pytest.mark.parametrize("family", WINDOW_MODELS)
+@pytest.mark.parametrize("algorithm", OWN_ALGORITHMS)
+def test_timm_window_attention_is_exact_through_the_layer_rules(family, algorithm):
+    """Swin, SwinV2 and DaViT fold the windows with the batch into dim 0: their attention layers take the
+    Linear, LayerNorm and operation rules with the probed layout, and no module is replayed."""
+    timm = pytest.importorskip("timm")
+    from dpbench.clipping import replace_batchnorm
+    from oracle import check_algorithm
+
+    name, size, kwargs = WINDOW_MODELS[family]
+    torch.manual_seed(0)
+    model = replace_batchnorm(timm.create_model(name, num_classes=3, drop_rate=0.0, drop_path_rate=0.0,
+                                                **kwargs)).double()
+    x, y = torch.randn(3, 3, size, size, dtype=torch.float64), torch.randint(0, 3, (3,))
+    engine = check_algorithm(model, x, y, algorithm, rtol=1e-8)
+    assert {r["path"] for r in engine.layer_report} <= {"module", "op"}
+    assert max(r["slices_per_sample"] for r in engine.layer_report) > 1
