@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gc
 import io
 import json
 import os
@@ -408,6 +409,16 @@ def _short(path: str) -> str:
     return path
 
 
+def _trim() -> None:
+    """Give freed memory back to the system (glibc keeps it otherwise): other work shares the machine."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or any(m in str(err) for m in _OOM)
 
@@ -423,10 +434,11 @@ def run_algorithm(pristine, algorithm: str, R: float, steps: list, tol: float = 
 
     t0 = time.perf_counter()
     own = algorithm in OWN
-    model = copy.deepcopy(pristine)
     result = {"algorithm": algorithm, "status": None, "where": "", "error": None, "detail": ""}
-    where, engine, report = "construct", None, None
+    where, engine, report, model = "copy", None, None, None
     try:
+        model = copy.deepcopy(pristine)
+        where = "construct"
         engine = PrivacyEngine(model, algorithm=algorithm, max_grad_norm=R)
         worst, what = 0.0, ""
         for k, (x, y, ref) in enumerate(steps, 1):
@@ -466,7 +478,15 @@ def run_algorithm(pristine, algorithm: str, R: float, steps: list, tol: float = 
                 engine.detach()
             except Exception:
                 pass
-    del model
+    if model is not None:
+        # free the copy's parameters and gradients now: the book-keeping engines keep their model alive
+        # after detach (their tensor hooks hold recorded calls), which would hold a copy per algorithm
+        for p in model.parameters():
+            p.grad = None
+            p.data = torch.empty(0, dtype=p.dtype)
+    del model, engine
+    gc.collect()
+    _trim()
     result["seconds"] = round(time.perf_counter() - t0, 2)
     if report is not None:
         result["paths"] = paths_of(report, pristine)
@@ -580,21 +600,22 @@ def audit_one(entry: str, out, max_params: int = DEFAULT_MAX_PARAMS, seed: int =
             setup.update(status="skipped", note="; ".join(notes + [reason]))
             _emit(out, setup)
             return
-        refs, methods = [], set()
-        for x, y in steps:
+        refs, methods, floor, R = [], set(), 0.0, None
+        for x, y in steps:  # one step's per-sample gradients at a time: they are the peak of memory
             grads, method = per_sample_grads(model, x, y)
             methods.add(method)
-            refs.append(Reference(grads))
+            ref = Reference(grads)
             del grads
-        norms = refs[0].norms
-        positive = norms[norms > 0]
-        R = float(positive.median()) if len(positive) else 1.0
-        floor = max(batch_floor(model, x, y, ref, R) for (x, y), ref in zip(steps, refs))
+            if R is None:  # from step 1
+                positive = ref.norms[ref.norms > 0]
+                R = float(positive.median()) if len(positive) else 1.0
+            floor = max(floor, batch_floor(model, x, y, ref, R))
+            ref.settle(R)
+            refs.append(ref)
+            _trim()
         tol = tolerance(floor)
         if tol > RTOL:
             notes.append(f"brute force's floor {floor:.1e} (float32 inside): tolerance {tol:.1e}")
-        for ref in refs:
-            ref.settle(R)
         setup.update(oracle="+".join(sorted(methods)), R=R, floor=floor, tolerance=tol, note="; ".join(notes),
                      setup_seconds=round(time.perf_counter() - t0, 2))
         _emit(out, setup)
