@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                    help=f"memory limit per model process in GiB (default {audit.DEFAULT_MEMORY_GIB:g})")
     p.add_argument("--raw", default=None, help="append each model's row to this JSON-lines file as it ends")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --raw, run only the others")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the CSV and Markdown from the rows in --raw (the command recorded "
+                        "is the one without --raw and --report-only)")
     p.add_argument("--out-csv", required=True, help="the table, CSV (e.g. paper/zoo_audit.csv)")
     p.add_argument("--out-md", required=True, help="the report, Markdown (e.g. paper/zoo_audit.md)")
     p.set_defaults(func=run)
@@ -69,8 +72,8 @@ def run(args) -> int:
     from dpbench import audit
     from dpbench.results import write_text_atomic
 
-    if args.resume and not args.raw:
-        raise DpbenchError("--resume needs --raw FILE (the rows of the earlier run)")
+    if (args.resume or args.report_only) and not args.raw:
+        raise DpbenchError("--resume and --report-only need --raw FILE (the rows of the earlier run)")
     entries = audit.zoo_entries()
     if args.entries:
         unknown = [e for e in args.entries if e not in entries]
@@ -79,7 +82,7 @@ def run(args) -> int:
                                "torchvision/MODEL, see dpbench.audit.zoo_entries())")
         entries = [e for e in entries if e in set(args.entries)]
     done = {}
-    if args.resume and Path(args.raw).exists():
+    if (args.resume or args.report_only) and Path(args.raw).exists():
         for line in Path(args.raw).read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
@@ -97,8 +100,14 @@ def run(args) -> int:
         print(f"[{next(count)}/{len(chosen)}] {row['entry']} {row['model']} ({row['seconds']} s): "
               f"{row['status']} {statuses}", file=sys.stderr, flush=True)
 
-    rows = audit.audit(chosen, timeout=args.timeout, max_params=args.max_params, memory_gib=args.memory_gib,
-                       done=done, progress=progress)
+    if args.report_only:
+        missing = [e for e in chosen if e not in done]
+        if missing:
+            raise DpbenchError(f"--report-only: {len(missing)} entries have no row in {args.raw}, e.g. {missing[0]}")
+        rows = [done[e] for e in chosen]
+    else:
+        rows = audit.audit(chosen, timeout=args.timeout, max_params=args.max_params, memory_gib=args.memory_gib,
+                           done=done, progress=progress)
     elapsed = sum(float(r["seconds"] or 0) for r in rows)
     write_text_atomic(args.out_csv, audit.to_csv(rows))
     write_text_atomic(args.out_md, audit.to_markdown(rows, command_line(args), audit.environment(), elapsed))
