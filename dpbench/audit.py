@@ -69,6 +69,7 @@ BATCH = 3
 NUM_CLASSES = 10
 SIZES = (32, 48, 56, 64, 96, 112, 128, 160, 192, 224)
 MAX_CANDIDATES = 4
+FEW_GROUPS = 8  # the GroupNorm of a model that cannot run with 32 groups (see audit_one)
 # a brute-force floor above this (see batch_floor) is not float32 rounding: the model is not judged
 MAX_FLOOR = 1e-5
 DEFAULT_TIMEOUT = 300.0
@@ -157,9 +158,9 @@ def _create(factory, kwargs: dict):
     raise RuntimeError("unreachable")
 
 
-def convert_norms(model):
-    """BatchNorm to GroupNorm: timm's BatchNormAct2d to GroupNormAct keeping its drop and activation,
-    every other BatchNorm by dpbench.clipping.replace_batchnorm."""
+def convert_norms(model, max_groups: int = 32):
+    """BatchNorm to GroupNorm (at most `max_groups` groups): timm's BatchNormAct2d to GroupNormAct keeping
+    its drop and activation, every other BatchNorm by dpbench.clipping.replace_batchnorm."""
     from dpbench.clipping import replace_batchnorm
     from dpbench.clipping.batchnorm import group_count
 
@@ -172,13 +173,13 @@ def convert_norms(model):
             for name, child in list(parent.named_children()):
                 if isinstance(child, BatchNormAct2d):
                     c = child.num_features
-                    norm = GroupNormAct(c, group_count(c), eps=child.eps, affine=child.affine, apply_act=False)
+                    norm = GroupNormAct(c, group_count(c, max_groups), eps=child.eps, affine=child.affine, apply_act=False)
                     if child.affine:
                         norm.weight.data.copy_(child.weight.data)
                         norm.bias.data.copy_(child.bias.data)
                     norm.drop, norm.act = child.drop, child.act
                     setattr(parent, name, norm)
-    return replace_batchnorm(model)
+    return replace_batchnorm(model, max_groups)
 
 
 def zero_dropout(model) -> None:
@@ -255,21 +256,25 @@ def _base_kwargs(source: str, name: str) -> dict:
     return kwargs
 
 
-def _runs(model, shape) -> bool:
-    """Whether the model runs a batch of 1 and of 2 at this input shape in training mode, giving
+def _runs(model, shape) -> str | None:
+    """None when the model runs a batch of 1 and of 2 at this input shape in training mode, giving
     [B, classes] (one sample alone is how brute force runs it: a GroupNorm over a single value per
-    group fails there)."""
+    group fails there); else why not."""
     import torch
 
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return all(tuple(logits(model(torch.randn(b, *shape))).shape) == (b, NUM_CLASSES) for b in (1, 2))
-    except Exception:
-        return False
+            for b in (1, 2):
+                got = tuple(logits(model(torch.randn(b, *shape))).shape)
+                if got != (b, NUM_CLASSES):
+                    return f"output of shape {got}"
+        return None
+    except Exception as err:
+        return f"{type(err).__name__}: {_first_line(err)}"
 
 
-def build_at_smallest_input(source: str, name: str):
+def build_at_smallest_input(source: str, name: str, max_groups: int = 32):
     """(model in float32, training mode, norms converted, dropout 0; input shape (C, H, W); kwargs) at
     the smallest size of SIZES (below the native one) that it builds at and runs at, else at its native
     size; raises RuntimeError when it runs at none."""
@@ -279,7 +284,7 @@ def build_at_smallest_input(source: str, name: str):
     channels = native[0]
     sizes = [s for s in SIZES if s < max(native[1:])]
     fixed = None  # the one model of a constructor without a size argument
-    last_error = None
+    last_error = last_run = None
     for s in [*sizes, None]:
         shape = native if s is None else (channels, s, s)
         if fixed is None:
@@ -289,15 +294,17 @@ def build_at_smallest_input(source: str, name: str):
             except Exception as err:
                 last_error = f"{type(err).__name__}: {_first_line(err)}"
                 continue
-            model = convert_norms(model).train()
+            model = convert_norms(model, max_groups).train()
             zero_dropout(model)
             if not any(k in used for k in extra):
                 fixed = (model, used)
         else:
             model, used = fixed
-        if _runs(model, shape):
+        last_run = _runs(model, shape)
+        if last_run is None:
             return model, shape, used
     raise RuntimeError(f"runs at no input size of {list(SIZES)} nor its native {native}"
+                       + (f" (at the native size: {last_run})" if last_run else "")
                        + (f" (last build error: {last_error})" if last_error else ""))
 
 
@@ -601,7 +608,15 @@ def audit_one(entry: str, out, max_params: int = DEFAULT_MAX_PARAMS, seed: int =
                 built = build_at_smallest_input(source, model_name)
                 break
             except Exception as err:
-                notes.append(f"{model_name} passed over: {type(err).__name__}: {_first_line(err)}")
+                first = f"{type(err).__name__}: {_first_line(err)}"
+            try:
+                # GroupNorm with 32 groups after a global pool (the 1x1 maps of SK / split attention) holds
+                # one value per group, which fails for one sample alone: fewer groups
+                built = build_at_smallest_input(source, model_name, max_groups=FEW_GROUPS)
+                notes.append(f"GroupNorm with at most {FEW_GROUPS} groups (with 32: {first})")
+                break
+            except Exception as err:
+                notes.append(f"{model_name} passed over: {first}")
         if built is None:
             setup.update(status="skipped", note="; ".join(notes))
             _emit(out, setup)
