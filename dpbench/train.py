@@ -51,7 +51,7 @@ EPS_REFRESH_FACTOR = 20
 """The progress bar's ε (a PRV evaluation can take seconds) is refreshed after 20x its cost, and per epoch."""
 PROGRESS_INTERVAL_S, LOG_INTERVAL_S = 0.1, 30.0  # progress bar updates: terminal / log file (SLURM, pipeline)
 # Settings that may change between a run and its resumption; every other field must match.
-RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress", "dist_timeout"}
+RESUMABLE_CHANGES = {"out", "checkpoint", "resume", "threads", "num_workers", "progress", "dist_timeout", "verify"}
 
 
 @dataclass
@@ -98,6 +98,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     dist_timeout: float = DEFAULT_TIMEOUT_S
+    verify: bool = True
 
     def validate(self) -> None:
         """Raise DpbenchError naming the first bad value."""
@@ -400,6 +401,7 @@ class _Run:
     earlier_wall_time: float = 0.0
     resumes: int = 0
     session_steps: int = 0  # steps of this process (since the last resumption): traffic per step
+    verified: dict | None = None  # dpbench.verify's record of the first step's first physical batch
 
     def wall_time_s(self) -> float:
         """Wall time of the run so far, over all its resumptions."""
@@ -447,13 +449,40 @@ def _prepare(config: TrainConfig, world: World) -> _Run:
         torch.manual_seed(config.seed + 7919 * world.rank)
     sampling_generator = torch.Generator().manual_seed(config.seed)
     noise_generator = torch.Generator(device).manual_seed(config.seed + 1)
+    verified = verify_first_batch(config, model, data.train, sampling_generator, device, world)
     engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
                            noise_multiplier=sigma or 0.0, generator=noise_generator, world=world)
     optimizer = _optimizer(config, model)
     return _Run(config=config, world=world, device=device, data=data, sigma=sigma, sampling_rate=sampling_rate,
                 total_steps=total_steps, ledger=ledger, model=model, frozen=frozen, engine=engine, optimizer=optimizer,
                 scheduler=_scheduler(config, optimizer, total_steps), sampling_generator=sampling_generator,
-                noise_generator=noise_generator, started=started)
+                noise_generator=noise_generator, started=started, verified=verified)
+
+
+def verify_first_batch(config: TrainConfig, model: nn.Module, train_set: Dataset, sampling: torch.Generator,
+                       device: torch.device, world: World) -> dict:
+    """dpbench.verify's record of the run's first physical batch (of this rank's share of the first
+    non-empty logical batch of epoch 1, drawn from a copy of the sampling generator's state), on the model
+    as built, before the engine is attached. The model, the generators and torch's random state are left
+    as they were. A resumed run checks the same batch on the same initial weights (before the checkpoint
+    is loaded). In float64 and without autocast (the check is of the algorithm's mathematics)."""
+    from dpbench.verify import SAMPLES, disabled, skipped, verify_algorithm
+
+    if not config.verify:
+        return disabled()
+    if not config.private:
+        return skipped(f"{config.algorithm}: no per-sample clipping to verify")
+    plan_generator = torch.Generator()
+    plan_generator.set_state(sampling.get_state())
+    model.train()  # as in the steps (_train sets it too)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # a dataset's random transforms draw from torch's generator
+        for logical in epoch_plan(len(train_set), config.batch_size, config.sampling, plan_generator):
+            chunks = physical_batches(rank_share(logical, world.rank, world.size), config.physical_batch_size)
+            if chunks:
+                x, y = fetch(train_set, chunks[0][:SAMPLES])
+                return verify_algorithm(model, config.algorithm, x.to(device), y.to(device), samples=SAMPLES)
+    return skipped("no logical batch of epoch 1 has a sample for this rank")
 
 
 def _resume(run: _Run) -> None:
@@ -642,6 +671,7 @@ def _result(run: _Run, eps: float) -> dict:
         "wall_time_s": run.wall_time_s(),
         "mean_epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
         "resumes": run.resumes,
+        "verified": run.verified,
         "world_size": run.world.size,
         "distributed": {**run.world.describe(),
                         "allreduce_bytes_per_step": run.world.bytes_reduced / max(1, run.session_steps)},

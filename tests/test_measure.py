@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,7 +117,52 @@ def test_bench_writes_the_agreed_schema(tmp_path, capsys):
     assert result["peak_memory_bytes"] > 0 and result["baseline_memory_bytes"] > 0
     env = result["environment"]
     assert env["dtype"] == "float32" and env["seed"] == 0 and env["threads"] == 1 and env["torch"]
-    assert "img/s" in capsys.readouterr().out
+    # checked once against brute force by the measuring process, after its figures were read
+    verified = result["verified"]
+    assert verified["status"] == "exact" and verified["dtype"] == "float64" and verified["samples"] == 4
+    assert verified["max_relative_error"] < 1e-6 and verified["seconds"] > 0
+    out = capsys.readouterr().out
+    assert "img/s" in out and "verified: exact" in out
+
+
+def test_maxbatch_verifies_once_at_the_maximum_in_a_process_of_its_own(tmp_path):
+    out = tmp_path / "maxbatch.json"
+    assert main(["maxbatch", "--algorithm", "bk_mixed", *TINY, "--memory-budget", "4GiB", "--start", "2",
+                 "--limit", "2", "--out", str(out)]) == 0
+    verified = json.loads(out.read_text())["verified"]
+    assert verified["status"] == "exact" and 0 < verified["seconds"] < verified["process_seconds"]
+
+
+def _child_that_allocates(status: str) -> subprocess.Popen:
+    """A stand-in measuring process: writes its status, then holds 200 MiB for a moment."""
+    code = (f"import json, pathlib, time; pathlib.Path({status!r}).write_text(json.dumps("
+            f"{{'baseline_rss_bytes': 0, 'measured': {'measured' in status}}})); "
+            "time.sleep(0.2); block = bytearray(200 * 2**20); time.sleep(0.5)")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_the_memory_guard_stops_at_the_budget_until_the_measurement_is_done(tmp_path):
+    """Before its status says "measured" a child over the budget is stopped; after it (its verification's
+    copies) it is not."""
+    from dpbench.measure.runner import _guard
+
+    measuring = tmp_path / "status.json"
+    killed, peak, _ = _guard(_child_that_allocates(str(measuring)), measuring, 10 * 2**20)
+    assert killed == "over_budget" and peak > 10 * 2**20
+    verifying = tmp_path / "measured_status.json"
+    killed, _, _ = _guard(_child_that_allocates(str(verifying)), verifying, 10 * 2**20)
+    assert killed is None
+
+
+def test_bench_and_maxbatch_record_a_disabled_or_skipped_verification(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--algorithm", "ghost", *TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                 "--no-verify", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["verified"]["why"] == "disabled by --no-verify"
+    assert main(["bench", "--algorithm", "nonprivate", *TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                 "--out", str(out)]) == 0
+    verified = json.loads(out.read_text())["verified"]
+    assert verified["status"] == "skipped" and "no per-sample clipping" in verified["why"]
 
 
 def test_step_memory_counts_what_the_step_holds(tmp_path):
@@ -141,6 +188,7 @@ def test_maxbatch_under_a_tiny_budget_records_failed_probes(tmp_path):
     assert result["config"]["memory_budget_bytes"] == 1024**2
     assert result["environment"]["threads"] == 1  # the probes' threads, not the searching process's
     assert [p["batch_size"] for p in result["probes"]] == [1]
+    assert result["verified"]["status"] == "skipped" and "no batch size fitted" in result["verified"]["why"]
     for p in result["probes"]:
         assert p == {"batch_size": p["batch_size"], "ok": False, "peak_memory_bytes": p["peak_memory_bytes"],
                      "reason": "over_budget"}
@@ -154,6 +202,7 @@ def test_maxbatch_stops_at_the_limit(tmp_path):
     result = json.loads(out.read_text())
     assert result["max_batch_size"] == 2
     assert [(p["batch_size"], p["ok"], p["reason"]) for p in result["probes"]] == [(2, True, None)]
+    assert result["verified"]["status"] == "skipped"  # nonprivate: nothing to verify, no process started
     assert all(0 < p["peak_memory_bytes"] <= 4 * 1024**3 for p in result["probes"])
     assert set(result["config"]) >= {"algorithm", "model", "image_size", "num_classes", "device", "dtype",
                                      "memory_budget_bytes", "tolerance", "start", "limit"}

@@ -303,3 +303,70 @@ def test_every_file_in_paper_says_what_it_is():
     listed = (REPO / "paper" / "README.md").read_text()
     missing = [p.name for p in sorted((REPO / "paper").iterdir()) if f"`{p.name}`" not in listed]
     assert not missing, f"paper/README.md does not describe {missing}"
+
+
+def test_verification_is_shown_beside_every_row_and_a_wrong_row_is_no_evidence(tmp_path):
+    """`verified` of each result in the tables, the Table 4 grid, the figures and both reports: a wrong
+    computation is flagged and is not counted for a claim or a target; results without it: not recorded."""
+    exact = {"status": "exact", "max_relative_error": 1e-15, "dtype": "float64", "seconds": 0.1}
+    wrong = {"status": "wrong", "max_relative_error": 0.0443, "dtype": "float64", "seconds": 0.1}
+    skipped = {"status": "skipped", "why": "nonprivate: no per-sample clipping to verify", "seconds": 0.0}
+    files, at_max, searches = [], [], []
+    for batch in (16, 32):
+        for algorithm in ("nonprivate", "opacus", "mixed_ghost", "bk_mixed", "ghost"):
+            result = bench_result("cnn", algorithm, batch, 2000.0 / SLOWDOWN[algorithm], MEMORY[algorithm])
+            result["step_memory_bytes"] = int(MEMORY[algorithm] * 1e6)
+            if algorithm != "ghost":  # ghost: a result written before there was a check
+                result["verified"] = {"nonprivate": skipped, "opacus": wrong}.get(algorithm, exact)
+            if algorithm == "mixed_ghost" and batch == 32:
+                result["verified"] = wrong
+            files.append(write(tmp_path / f"bench/{batch}_{algorithm}.json", result))
+    for algorithm, max_batch in [("nonprivate", 1024), ("opacus", 64), ("mixed_ghost", 896)]:
+        search = maxbatch_result(algorithm, max_batch)
+        search["verified"] = {"nonprivate": skipped, "opacus": wrong}.get(algorithm, exact)
+        searches.append(write(tmp_path / f"maxbatch/{algorithm}.json", search))
+        bench = bench_result("cnn", algorithm, max_batch, 2000.0 / SLOWDOWN[algorithm], 400)
+        bench["verified"] = search["verified"]
+        at_max.append(write(tmp_path / f"at_max/{algorithm}.json", bench))
+    out = tmp_path / "t"
+    assert main(["tables", "--bench", *files, "--maxbatch", *searches, "--bench-at-max", *at_max,
+                 "--out-dir", str(out)]) == 0
+    table = pd.read_csv(out / "throughput_memory.csv").set_index(["batch_size", "algorithm"])["verified"]
+    assert table[(16, "opacus")] == "wrong (4.4e-02)" and table[(16, "mixed_ghost")] == "exact"
+    assert table[(16, "ghost")] == "not recorded" and table[(32, "mixed_ghost")] == "wrong (4.4e-02)"
+    assert table[(16, "nonprivate")].startswith("skipped (nonprivate")
+    assert "verified" in pd.read_csv(out / "table4.csv").columns
+    grid = (out / "table4.md").read_text()
+    assert "WRONG (4.4e-02)" in grid and "3 cell(s) WRONG" in grid and "2 private cell(s) have no verification" in grid
+    maxbatch = pd.read_csv(out / "maxbatch.csv").set_index("algorithm")
+    assert maxbatch.loc["opacus", "verified"] == maxbatch.loc["opacus", "verified_at_max"] == "wrong (4.4e-02)"
+    assert maxbatch.loc["mixed_ghost", "verified"] == "exact"
+    # figures: the flags are drawn (labels and marks), without warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["figures", "--throughput-memory", str(out / "throughput_memory.csv"), "--maxbatch",
+                     str(out / "maxbatch.csv"), "--out-dir", str(tmp_path / "f")]) == 0
+    fig3 = figures.figure3(pd.read_csv(out / "maxbatch.csv"))
+    assert "cnn\nWRONG: Opacus" in [t.get_text() for t in fig3.axes[0].get_xticklabels()]
+    matplotlib.pyplot.close(fig3)
+    fig4 = figures.figure4(pd.read_csv(out / "throughput_memory.csv"), "mixed_ghost")
+    assert "computation WRONG (dpbench.verify)" in [t.get_text() for t in fig4.axes[1].get_legend().get_texts()]
+    matplotlib.pyplot.close(fig4)
+    # the reproduction report: shown beside the rows, a wrong configuration left out of the claims
+    argv = ["report", "--reported", str(REPO / "paper" / "reported.csv"), "--throughput-memory",
+            str(out / "throughput_memory.csv"), "--maxbatch", str(out / "maxbatch.csv"), "--out", str(tmp_path / "r.md")]
+    assert main(argv) == 0
+    report = (tmp_path / "r.md").read_text()
+    cnn_opacus = next(line for line in report.splitlines() if line.startswith("| cnn") and "| Opacus " in line)
+    assert cnn_opacus.rstrip(" |").endswith("wrong (4.4e-02)")
+    slowdown = next(line for line in report.splitlines() if line.startswith("| slowdown of Mixed ghost"))
+    assert "of 1 configurations; 1 left out: computation verified wrong (cnn 32², batch 32)" in slowdown
+    # the performance report: the target of a wrong row is not valid, not met
+    assert main(["perf-report", "--bench", *files, "--out", str(tmp_path / "p.md")]) == 0
+    performance = (tmp_path / "p.md").read_text()
+    target = next(line for line in performance.splitlines()
+                  if line.startswith("| cnn 32², batch 32") and "Mixed ghost throughput" in line)
+    assert "not valid: computation wrong (4.4e-02)" in target
+    exact = next(line for line in performance.splitlines()
+                 if line.startswith("| cnn 32², batch 16") and "Mixed ghost throughput" in line)
+    assert "not valid" not in exact and exact.rstrip(" |").endswith("exact")

@@ -39,12 +39,29 @@ def test_dp_run_learns_within_the_target_epsilon(tmp_path):
     assert written["sampling_rate"] == pytest.approx(128 / 1437)
     assert written["config"]["algorithm"] == "mixed_ghost"
     assert written["environment"]["seed"] == 0 and written["environment"]["torch"] == torch.__version__
+    # the first physical batch checked against brute force, before the engine was attached
+    assert written["verified"]["status"] == "exact" and written["verified"]["samples"] == 4
+    assert written["verified"]["seconds"] > 0
 
 
 def test_nonprivate_run_reports_no_epsilon(tmp_path):
     result = train(digits_config(tmp_path, algorithm="nonprivate", noise_multiplier=None))
     assert result["private"] is False and result["epsilon"] is None and result["noise_multiplier"] is None
     assert "no privacy guarantee" in result["notes"][0]
+    assert result["verified"]["status"] == "skipped"
+
+
+def test_verification_leaves_the_run_unchanged(tmp_path):
+    """The check runs on copies with the random state restored: a run with it and one without (--no-verify)
+    train the same model."""
+    checked = train(digits_config(tmp_path / "a", train_size=256, batch_size=64))
+    unchecked = train(digits_config(tmp_path / "b", train_size=256, batch_size=64, verify=False))
+    assert checked["verified"]["status"] == "exact"
+    assert unchecked["verified"] == {**unchecked["verified"], "status": "skipped", "why": "disabled by --no-verify"}
+    assert checked["history"][-1]["train_loss"] == unchecked["history"][-1]["train_loss"]
+    a = torch.load(tmp_path / "a" / "result.ckpt.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "result.ckpt.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_shuffled_batches_are_labelled_as_not_matching_the_accountant(tmp_path):

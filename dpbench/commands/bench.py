@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                    help="data-parallel ranks on this machine (torchrun; gloo on CPU, nccl on CUDA): each runs "
                         "--batch-size examples, the gradients are all-reduced every step; --threads are shared "
                         "by the ranks, each taking threads / nproc (at least 1) (default: 1)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the algorithm's per-sample norms against brute force (recorded as "
+                        "'verified: skipped (disabled by --no-verify)'; default: checked once, in a process of its own)")
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=run)
 
@@ -32,7 +35,7 @@ def run(args) -> int:
     if args.nproc > 1 and config.threads:  # the CPUs of the measurement, shared by its ranks
         config = dataclasses.replace(config, threads=max(1, config.threads // args.nproc))
     try:
-        result = bench_result(config, args.memory_budget, args.nproc)
+        result = bench_result(config, args.memory_budget, args.nproc, args.verify)
     except MeasurementFailed as failure:
         sys.stderr.write(failure.log)
         print(f"dpbench bench: error: {failure}", file=sys.stderr)
@@ -44,13 +47,15 @@ def run(args) -> int:
 
 def summary(result: dict) -> str:
     """One line for the terminal."""
+    from dpbench.verify import text
+
     c = result["config"]
     ranks = f" x {c['nproc']} ranks" if c.get("nproc", 1) > 1 else ""
     name = f"{c['algorithm']} {c['model']} batch {c['batch_size']}{ranks} {c['image_size']}² {c['device']}"
     if result["oom"]:
         budget = result["config"].get("memory_budget_bytes")
         within = f" within the budget of {format_bytes(budget)}" if budget else ""
-        return f"{name}: out of memory{within} ({result['error']})"
+        return f"{name}: out of memory{within} ({result['error']}); verified: {text(result.get('verified'))}"
     return (f"{name}: {result['step_time_s']['median']:.4f} s/step, "
             f"{result['throughput_img_s']['median']:.1f} img/s, peak {format_bytes(result['peak_memory_bytes'])} "
-            f"({result['memory_method']})")
+            f"({result['memory_method']}); verified: {text(result.get('verified'))}")

@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=positive_int, default=8192, help="largest batch size probed (default: 8192)")
     p.add_argument("--tolerance", type=positive_int, default=1,
                    help="stop bisecting when the largest fit and the smallest failure differ by at most this (default: 1)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not check the algorithm's per-sample norms against brute force (recorded as "
+                        "'verified: skipped (disabled by --no-verify)'; default: checked once, in a process of its own)")
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=run)
 
@@ -31,13 +34,15 @@ def run(args) -> int:
     config = config_from_args(args, args.start)
     budget = args.memory_budget or total_memory_bytes(config.device)
     try:
-        result = maxbatch_result(config, budget, args.start, args.limit, args.tolerance)
+        result = maxbatch_result(config, budget, args.start, args.limit, args.tolerance, args.verify)
     except MeasurementFailed as failure:
         sys.stderr.write(failure.log)
         print(f"dpbench maxbatch: error: {failure}", file=sys.stderr)
         return 1
     write_json_atomic(args.out, result)
+    from dpbench.verify import text
+
     c = result["config"]
     print(f"{c['algorithm']} {c['model']} {c['image_size']}² {c['device']}: max batch {result['max_batch_size']} "
-          f"within {format_bytes(budget)} ({len(result['probes'])} probes)")
+          f"within {format_bytes(budget)} ({len(result['probes'])} probes); verified: {text(result['verified'])}")
     return 0

@@ -64,6 +64,8 @@ HELP = {
     "resume": "continue from the checkpoint if it exists (else start afresh)",
     "progress": "show a progress bar",
     "dist_timeout": "seconds a collective waits for the other ranks (torchrun/srun runs) before the run ends",
+    "verify": "check the algorithm's per-sample norms and clipped sum on the first physical batch against brute "
+              "force (dpbench.verify) and record `verified` in the result; --no-verify records it as skipped",
 }
 
 

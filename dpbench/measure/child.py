@@ -10,6 +10,12 @@ Step memory (`step_memory_bytes`, measured in two untimed steps before the warm-
 step over the memory in use just before it: activations, gradients and the algorithm's buffers, not
 the model or optimizer state (see `step_memory_growth`). The overall peak counts from the warm-up on.
 
+With `--verify` (`dpbench bench`), once the result is written, the process checks the algorithm
+against brute force (dpbench.verify, on a model built again from the seed: the first step's weights) and
+writes the result again with `verified`; it first marks its status file "measured", after which the
+parent's memory guard no longer counts its memory against the budget (nothing measured is left to
+inflate), and a process stopped during the check keeps its measured result (runner.py).
+
 Launched by torchrun (`dpbench bench --nproc N`), each of the N ranks runs this with its own batch of
 `batch_size` examples (N x batch_size per step), the engine sums the gradients over the ranks once per
 step (rank 0 adds the noise), the ranks meet at a barrier before each timed step, and each rank writes
@@ -19,6 +25,7 @@ its own result file (RESULT.rankR).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -68,7 +75,21 @@ def _quantiles(values: list[float]) -> dict:
 
 def build(config: BenchConfig, device: torch.device, world: World | None = None):
     """Model, engine, optimizer and the fixed synthetic batch of one configuration (each rank its own)."""
-    from dpbench.clipping import PrivacyEngine, replace_batchnorm
+    from dpbench.clipping import PrivacyEngine
+
+    model, info = build_model(config, device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
+                           noise_multiplier=config.noise_multiplier, generator=generator, world=world)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = synthetic_batch(config, device, world.rank if world else 0)
+    return model, engine, optimizer, x, y, info
+
+
+def build_model(config: BenchConfig, device: torch.device):
+    """The configuration's model (seeded: the same weights in every process), in training mode, and
+    what the result records about it."""
+    from dpbench.clipping import replace_batchnorm
     from dpbench.models import create_model, default_image_size
 
     dtype = getattr(torch, config.dtype)
@@ -79,16 +100,55 @@ def build(config: BenchConfig, device: torch.device, world: World | None = None)
     if has_batchnorm:
         model = replace_batchnorm(model)
     model = model.to(device=device, dtype=dtype).train()
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    engine = PrivacyEngine(model, algorithm=config.algorithm, max_grad_norm=config.max_grad_norm,
-                           noise_multiplier=config.noise_multiplier, generator=generator, world=world)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    data_generator = torch.Generator().manual_seed(config.seed + (world.rank if world else 0))
-    x = torch.randn(config.batch_size, 3, image_size, image_size, generator=data_generator).to(device, dtype)
-    y = torch.randint(0, config.num_classes, (config.batch_size,), generator=data_generator).to(device)
     info = {"batchnorm_replaced": has_batchnorm,
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    return model, engine, optimizer, x, y, info
+    return model, info
+
+
+def synthetic_batch(config: BenchConfig, device: torch.device, rank: int = 0, samples: int | None = None):
+    """The fixed synthetic batch (x, y) of one rank, drawn on the CPU; only its first `samples` examples go
+    to the device when given (the verification's, without the whole batch on the device)."""
+    from dpbench.models import default_image_size
+
+    image_size = config.image_size or default_image_size(config.model)
+    data_generator = torch.Generator().manual_seed(config.seed + rank)
+    x = torch.randn(config.batch_size, 3, image_size, image_size, generator=data_generator)
+    y = torch.randint(0, config.num_classes, (config.batch_size,), generator=data_generator)
+    if samples is not None:
+        x, y = x[:samples].clone(), y[:samples].clone()
+    return x.to(device, getattr(torch, config.dtype)), y.to(device)
+
+
+def verify(config: BenchConfig) -> dict:
+    """The `verified` record of a configuration (dpbench.verify): the algorithm's per-sample norms and
+    clipped sum on the first samples of rank 0's batch, with the weights of the first step (the model is
+    built again from the seed), against brute force."""
+    from dpbench.clipping import ALGORITHMS
+    from dpbench.verify import SAMPLES, verify_algorithm
+
+    device = select(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.algorithm in ALGORITHMS and ALGORITHMS[config.algorithm].backend == "opacus":
+        import opacus.grad_sample  # noqa: F401  (its import, ~1 s, is not the verification's cost)
+    model, _ = build_model(config, device)
+    x, y = synthetic_batch(config, device, 0, samples=SAMPLES)
+    return verify_algorithm(model, config.algorithm, x, y, samples=SAMPLES)
+
+
+def verify_after_measuring(config: BenchConfig) -> dict:
+    """`verify(config)` in the measuring process once every measured figure is read (the model, engine and
+    optimizer of the timed steps are gone): it can neither slow a timed step nor raise a memory figure.
+    Never raises: a failure is a skipped record with its reason."""
+    from dpbench.verify import skipped
+
+    gc.collect()  # the engine's hooks keep the timed steps' model in reference cycles
+    started = time.perf_counter()
+    try:
+        return verify(config)
+    except Exception as error:  # noqa: BLE001 (the measurement stands; the verification did not run)
+        line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        return skipped(f"the verification failed: {line}", seconds=time.perf_counter() - started)
 
 
 def train_step(model, engine, optimizer, x, y) -> None:
@@ -208,8 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", type=Path, help="where to write the baseline memory once known")
     parser.add_argument("--memory-budget-bytes", type=int, help="cap the CUDA allocator at this size")
     parser.add_argument("--no-environment", action="store_true", help="skip the environment record (probes)")
+    parser.add_argument("--verify", action="store_true",
+                        help="after the measurement, check the algorithm against brute force (dpbench.verify) "
+                             "and add `verified` to the result")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="check the algorithm against brute force instead of measuring (maxbatch's record)")
     args = parser.parse_args(argv)
     config = BenchConfig.from_dict(json.loads(args.config))
+    if args.verify_only:
+        return _verify_main(config, args.result)
     world = World()
     try:
         world = init_world(torch.device(config.device).type)
@@ -229,7 +296,40 @@ def main(argv: list[str] | None = None) -> int:
         from dpbench.results import environment
 
         result["environment"] = environment(config.device, config.dtype, config.seed)
-    args.result.write_text(json.dumps(result))
+    _write_atomic(args.result, result)
+    if args.verify and world.is_main:
+        if args.status is not None:
+            _write_atomic(args.status, {**_read_json(args.status), "measured": True})
+        result["verified"] = verify_after_measuring(config)
+        _write_atomic(args.result, result)
+    return 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_atomic(path: Path, obj: dict) -> None:
+    """Write JSON through a temporary file and a rename: the parent never reads half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
+
+
+def _verify_main(config: BenchConfig, result_path: Path) -> int:
+    """`--verify-only`: write {"verified": record} (a DpbenchError building the model: {"user_error": ...})."""
+    try:
+        verified = verify(config)
+    except DpbenchError as error:
+        result_path.write_text(json.dumps({"user_error": str(error)}))
+        return 2
+    except Exception:  # noqa: BLE001 (the parent records the verification as skipped with the last line)
+        traceback.print_exc()
+        return 1
+    result_path.write_text(json.dumps({"verified": verified}))
     return 0
 
 

@@ -2,7 +2,10 @@
 
 Each function takes a table (a data frame read from results/tables/*.csv) and returns a matplotlib
 figure; colours and names of the algorithms come from dpbench.report.style, so an algorithm has the
-same colour in every figure."""
+same colour in every figure. A configuration whose private algorithm was not verified exact
+(dpbench.verify, the tables' `verified` column) is marked: its label says "wrong: <algorithm>" or
+"not verified: <algorithm>" (Figure 3), or a red cross / grey ring is drawn over its point (Figure 4,
+throughput vs batch size)."""
 
 from __future__ import annotations
 
@@ -38,6 +41,50 @@ def _config_label(frame: pd.DataFrame) -> pd.Series:
     return np.where(sizes > 1, frame["model"] + " @" + frame["image_size"].astype(str), frame["model"])
 
 
+def _verification(frame: pd.DataFrame, column: str = "verified") -> pd.Series:
+    """Per row: 'wrong', 'unverified' (skipped: a private algorithm whose check did not run) or ''
+    (exact, non-private, or a table without the column / a result written before there was a check)."""
+    from dpbench.verify import status_of
+
+    if column not in frame:
+        return pd.Series("", index=frame.index)
+    status = frame[column].map(status_of)
+    private = frame["algorithm"] != "nonprivate"
+    return pd.Series(np.where(status == "wrong", "wrong", np.where((status == "skipped") & private, "unverified", "")),
+                     index=frame.index)
+
+
+def _flagged_labels(data: pd.DataFrame, flags: pd.Series) -> pd.Series:
+    """The Configuration labels with a line naming the algorithms that were wrong or not verified."""
+    suffix = {}
+    for configuration, group in data.assign(_flag=flags).groupby("Configuration", sort=False):
+        lines = [f"{kind}: {', '.join(sorted(set(group.loc[group['_flag'] == flag, 'Algorithm'])))}"
+                 for flag, kind in (("wrong", "WRONG"), ("unverified", "not verified"))
+                 if (group["_flag"] == flag).any()]
+        suffix[configuration] = "".join(f"\n{line}" for line in lines)
+    return data["Configuration"] + data["Configuration"].map(suffix)
+
+
+_MARKS = {"wrong": ({"marker": "X", "color": "#d62728", "s": 120}, {"marker": "X", "color": "#d62728"},
+                    "computation WRONG (dpbench.verify)"),
+          "unverified": ({"marker": "o", "facecolors": "none", "edgecolors": "0.4", "s": 160},
+                         {"marker": "o", "markerfacecolor": "none", "color": "0.4"}, "not verified (dpbench.verify)")}
+
+
+def _mark_points(ax, x, y, flags: pd.Series) -> None:
+    """A red cross over each point whose computation was wrong, a grey ring over each one not verified."""
+    for flag, (style, _, _) in _MARKS.items():
+        chosen = (flags == flag).to_numpy()
+        if chosen.any():
+            ax.scatter(np.asarray(x)[chosen], np.asarray(y)[chosen], zorder=5, linewidths=1.5, **style)
+
+
+def _legend_marks(flags: pd.Series) -> list[Line2D]:
+    """Legend handles of the marks that `_mark_points` draws for these flags."""
+    return [Line2D([], [], linestyle="", label=label, markersize=8, markeredgewidth=1.5, **handle)
+            for flag, (_, handle, label) in _MARKS.items() if (flags == flag).any()]
+
+
 def _devices(frame: pd.DataFrame) -> str:
     return "; ".join(sorted(frame["device"].dropna().unique()))
 
@@ -71,6 +118,11 @@ def figure3(maxbatch: pd.DataFrame) -> plt.Figure:
         return fig
     data, hue_order, colours = _labelled(maxbatch)
     data["Configuration"] = _config_label(data)
+    flags = _verification(data)
+    if "verified_at_max" in data:  # the search's record or the throughput run's: either one not exact flags it
+        at_max = _verification(data, "verified_at_max")
+        flags = flags.where((flags == "wrong") | (at_max == ""), at_max)
+    data["Configuration"] = _flagged_labels(data, flags)
     budgets = sorted({f"{b:.3g} GB" for b in data["memory_budget_gb"].dropna()}) or ["device memory"]
     if len(budgets) > 1:  # say under each configuration which budget it had
         data["Configuration"] += data["memory_budget_gb"].map(lambda b: f"\n{b:.3g} GB" if pd.notna(b) else "")
@@ -122,6 +174,8 @@ def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
         return fig
     pairs["Configuration"] = _config_label(pairs)
     pairs["batch"] = pairs["batch_size"].astype(str)
+    flags = (_verification(pairs.rename(columns={"verified_dp": "verified", "algorithm_dp": "algorithm"}))
+             if "verified_dp" in pairs else pd.Series("", index=pairs.index))
     pairs["ms_np"] = 1000 / pairs["throughput_img_s_np"]
     pairs["ms_dp"] = 1000 / pairs["throughput_img_s_dp"]
     for ax, x, y, slopes, unit, title in [
@@ -129,6 +183,7 @@ def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
         (right, "ms_np", "ms_dp", (1.5, 2.0), "time per image (ms)", "Time"),
     ]:
         sns.scatterplot(data=pairs, x=x, y=y, hue="Configuration", style="batch", s=70, ax=ax)
+        _mark_points(ax, pairs[x], pairs[y], flags)
         lo = min(pairs[x].min(), pairs[y].min()) * 0.8
         hi = max(pairs[x].max(), pairs[y].max()) * 1.2
         _ratio_lines(ax, slopes, lo, hi)
@@ -141,6 +196,11 @@ def figure4(throughput: pd.DataFrame, dp_algorithm: str) -> plt.Figure:
         ax.set_ylabel(f"{label} {unit}")
         ax.set_title(f"{title}: {label} vs non-private (lines: {slopes[0]:g}× and {slopes[1]:g}×)")
     left.get_legend().remove()
+    marks = _legend_marks(flags)
+    if marks:
+        legend = right.get_legend()
+        right.legend(handles=[*legend.legend_handles, *marks],
+                     labels=[*(t.get_text() for t in legend.get_texts()), *(h.get_label() for h in marks)])
     sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), title=None, frameon=False)
     fig.suptitle(f"Figure 4: DP ({label}) vs non-private training ({_devices(pairs)})")
     fig.tight_layout()
@@ -199,13 +259,18 @@ def throughput_vs_batch(throughput: pd.DataFrame) -> plt.Figure:
                        palette=colours, col="Configuration", col_wrap=min(4, data["Configuration"].nunique()),
                        kind="line", marker="o", errorbar=None, height=3.2, aspect=1.1,
                        facet_kws={"sharey": False, "sharex": False})
+    flags = _verification(data)
     for (name, facet), ax in zip(data.groupby("Configuration", sort=False), grid.axes.flat):
+        _mark_points(ax, facet["batch_size"], facet["throughput_img_s"], flags[facet.index])
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(facet["batch_size"].unique()))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_locator(NullLocator())
     grid.set_axis_labels("batch size", "throughput (images/s)")
     grid.set_titles("{col_name}")
+    if flags.ne("").any():
+        grid.figure.legend(handles=_legend_marks(flags), loc="upper center", ncol=2, frameon=False,
+                           bbox_to_anchor=(0.5, 0.0))
     grid.figure.suptitle(f"Throughput vs batch size ({_devices(data)})", y=1.03)
     return grid.figure
 

@@ -12,6 +12,7 @@ import pandas as pd
 from dpbench.accounting import ACCOUNTANTS
 from dpbench.errors import DpbenchError
 from dpbench.failures import is_failure
+from dpbench.verify import text as verified_text
 
 
 def read_result(path: str | Path, kind: str) -> dict:
@@ -65,7 +66,9 @@ def bench_frame(paths) -> pd.DataFrame:
 
     Two throughputs: `throughput_img_s` is `dpbench bench`'s (wall time); `step_throughput` is batch /
     median step time by the clock that other work on the machine does not distort: CPU time on a CPU,
-    wall time on CUDA (NaN when out of memory). `environment` is the result's record, `path` its file."""
+    wall time on CUDA (NaN when out of memory). `verified` is dpbench.verify's verdict as shown ('exact',
+    'wrong (4.4e-02)', 'skipped (why)', 'not recorded'), `verify_seconds` its cost. `environment` is the
+    result's record, `path` its file."""
     rows = []
     for path, r in measured_results(paths, "bench"):
         c, env = r["config"], r["environment"]
@@ -84,6 +87,7 @@ def bench_frame(paths) -> pd.DataFrame:
             "step_throughput": ranks * c["batch_size"] / seconds if seconds else math.nan,
             "peak_memory_bytes": r.get("peak_memory_bytes"), "step_memory_bytes": r.get("step_memory_bytes"),
             "memory_method": r.get("memory_method"),
+            "verified": verified_text(r.get("verified")), "verify_seconds": _seconds(r.get("verified")),
             "steps": c.get("steps"), "warmup": c.get("warmup"),
             "device": device_label(env, ranks), "ranks": ranks, "rank_device": device_label(env), "cuda": cuda,
             "git_commit": env.get("git_commit"), "environment": env, "path": str(path),
@@ -94,9 +98,15 @@ def bench_frame(paths) -> pd.DataFrame:
 BENCH_COLUMNS = ["model", "image_size", "batch_size", "algorithm", "num_classes", "dtype", "oom", "error",
                  "memory_budget_bytes",
                  "throughput_img_s", "throughput_q25", "throughput_q75", "step_time_s", "step_throughput",
-                 "peak_memory_bytes", "step_memory_bytes", "memory_method", "steps", "warmup", "device", "ranks", "rank_device",
+                 "peak_memory_bytes", "step_memory_bytes", "memory_method", "verified", "verify_seconds", "steps", "warmup",
+                 "device", "ranks", "rank_device",
                  "cuda",
                  "git_commit", "environment", "path"]
+
+
+def _seconds(verified) -> float | None:
+    """The seconds a verification took (None when not recorded)."""
+    return verified.get("seconds") if isinstance(verified, dict) else None
 
 
 def maxbatch_environment(path: str | Path) -> dict:
@@ -120,13 +130,13 @@ def maxbatch_frame(paths) -> pd.DataFrame:
             "memory_budget_bytes": c.get("memory_budget_bytes"),
             "peak_memory_bytes_at_max": fits[0]["peak_memory_bytes"] if fits else None,
             "probes": len(r["probes"]), "tolerance": c.get("tolerance"), "limit": c.get("limit"),
-            "device": device_label(maxbatch_environment(path)),
+            "device": device_label(maxbatch_environment(path)), "verified": verified_text(r.get("verified")),
         })
     return pd.DataFrame(rows, columns=MAXBATCH_COLUMNS)
 
 
 MAXBATCH_COLUMNS = ["model", "image_size", "algorithm", "max_batch_size", "memory_budget_bytes",
-                    "peak_memory_bytes_at_max", "probes", "tolerance", "limit", "device"]
+                    "peak_memory_bytes_at_max", "probes", "tolerance", "limit", "device", "verified"]
 
 
 def train_frame(paths) -> pd.DataFrame:
@@ -145,7 +155,7 @@ def train_frame(paths) -> pd.DataFrame:
             **{f"epsilon_{name}": (r.get("epsilon_by_accountant") or {}).get(name) for name in ACCOUNTANTS},
             "sampling": r.get("sampling", c.get("sampling")), "frozen_tensors": len(r.get("frozen") or []),
             "trainable_parameters": r.get("trainable_parameters"), "validation_accuracy": r.get("validation_accuracy"),
-            "mean_epoch_time_s": r.get("mean_epoch_time_s"),
+            "mean_epoch_time_s": r.get("mean_epoch_time_s"), "verified": verified_text(r.get("verified")),
         })
     return pd.DataFrame(rows, columns=TRAIN_COLUMNS)
 
@@ -153,7 +163,7 @@ def train_frame(paths) -> pd.DataFrame:
 TRAIN_COLUMNS = ["model", "dataset", "algorithm", "target_epsilon", "epsilon", "delta", "noise_multiplier",
                  "accountant", "epochs", "steps", "expected_batch_size", "test_accuracy", "wall_time_s", "device", "ranks",
                  *(f"epsilon_{name}" for name in ACCOUNTANTS), "sampling", "frozen_tensors", "trainable_parameters",
-                 "validation_accuracy", "mean_epoch_time_s"]
+                 "validation_accuracy", "mean_epoch_time_s", "verified"]
 """The accuracy table's columns: epsilon is by the run's own accountant, epsilon_prv/rdp/gdp by each
 accountant for the same σ, q and steps (empty for non-private runs and results written before them)."""
 

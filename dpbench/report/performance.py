@@ -16,7 +16,7 @@ from dpbench.report.markdown import profile_section, short_commit, formatted_tab
 from dpbench.report.ratios import MB, maxbatch_ratios, nonprivate_ratios
 from dpbench.report.style import algorithm_label
 from dpbench.report.targets import (MAXBATCH_MODEL, MAXBATCH_TARGET, alternating_target_rows, cell, maxbatch_verdict,
-                                    target_rows)
+                                    target_rows, verified_verdict)
 
 
 def render(bench: pd.DataFrame, maxbatch: pd.DataFrame, profiles: list[dict], before_after: pd.DataFrame | None,
@@ -62,6 +62,9 @@ def _targets_section(table: pd.DataFrame, maxbatch: pd.DataFrame) -> str:
         "insensitive to other work sharing the cores) and by wall time on CUDA. Memory = the step's own "
         "growth over the memory in use before it (`step_memory_bytes`: activations, gradients and the "
         "algorithm's buffers); where a result lacks it (not Linux), the overall peak and the row says so. "
+        "`verified`: whether the algorithm's per-sample norms and clipped sum matched brute force on the run's first "
+        "step (dpbench.verify; 'not recorded' for results written before the check); a target resting on a "
+        "computation verified wrong is 'not valid', not met. "
         "Each ratio divides by `nonprivate` of the same model, input, batch size and device in this run. "
         "The project states the throughput and memory targets for vgg11 and resnet18 at 32×32, batch 32 and 64 "
         "on a CPU, and resnet18, vgg16 and vit_small at batch 256 on a GPU; the other configurations of "
@@ -84,8 +87,11 @@ def _targets_section(table: pd.DataFrame, maxbatch: pd.DataFrame) -> str:
                                   f"{'device memory' if pd.isna(r['memory_budget_bytes']) else _mib(r['memory_budget_bytes'])}",
                  "Mixed ghost": f"{r['mixed_ghost']}{' (the search limit)' if r['mixed_at_limit'] else ''}",
                  "Opacus": r["opacus"], "ratio": ("≥ " if r["mixed_at_limit"] else "") + _interval_text(r["low"], r["high"]),
-                 "target": f"≥ {MAXBATCH_TARGET:g}", "verdict": maxbatch_verdict(r["low"], r["high"]),
-                 "device": r["device"]} for r in found]
+                 "target": f"≥ {MAXBATCH_TARGET:g}",
+                 "verdict": verified_verdict(maxbatch_verdict(r["low"], r["high"]), r["verified_mixed_ghost"],
+                                             r["verified_opacus"]),
+                 "device": r["device"],
+                 "verified": f"Mixed ghost {r['verified_mixed_ghost']}; Opacus {r['verified_opacus']}"} for r in found]
         lines += [formatted_table(pd.DataFrame(rows)), "",
                   "A range is what the search's tolerance allows (each maximum may be up to tolerance − 1 "
                   "above the size found); a maximum at the search limit makes the ratio a lower bound."]

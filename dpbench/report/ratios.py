@@ -35,18 +35,22 @@ def nonprivate_ratios(bench: pd.DataFrame) -> pd.DataFrame:
     """Per configuration (device, model, image size, batch size) with a non-private result: every
     algorithm's throughput (`step_throughput` of load.bench_frame) and memory ÷ non-private's. Memory is
     the step's own growth where every algorithm of the configuration has it, else the overall peak (named
-    in `memory_measure`). Several results of one configuration (alternating rounds) count by their median."""
+    in `memory_measure`). Several results of one configuration (alternating rounds) count by their median.
+    `verified`: dpbench.verify's verdict of the algorithm's results ('not recorded' for older results; of
+    several, the worst: a wrong one, else a skipped one, else exact)."""
     columns = CONFIGURATION + ["algorithm", "oom", "throughput", "throughput_ratio", "memory_mb", "memory_ratio",
-                               "memory_measure"]
+                               "memory_measure", "verified"]
     frames = []
     for _, group in bench.groupby(CONFIGURATION, sort=False):
         if REFERENCE not in set(group["algorithm"]):
             continue
         use_step = group["step_memory_bytes"].notna().all()
         memory_column = "step_memory_bytes" if use_step else "peak_memory_bytes"
+        if "verified" not in group:
+            group = group.assign(verified="not recorded")
         per_algorithm = group.groupby(CONFIGURATION + ["algorithm"], sort=False).agg(
             oom=("oom", "any"), throughput=("step_throughput", "median"),
-            memory=(memory_column, "median")).reset_index()
+            memory=(memory_column, "median"), verified=("verified", worst_verification)).reset_index()
         frames.append(per_algorithm.assign(
             oom=per_algorithm["oom"].astype(bool),
             throughput_ratio=ratio_to(per_algorithm, "throughput", CONFIGURATION),
@@ -58,6 +62,19 @@ def nonprivate_ratios(bench: pd.DataFrame) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)[columns]
     frame["_rank"] = frame["algorithm"].map(algorithm_rank)
     return frame.sort_values(CONFIGURATION + ["_rank"], kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def worst_verification(shown: pd.Series) -> str:
+    """Of several results' `verified` texts, the one to show: a wrong one, else a skipped or unrecorded one,
+    else exact."""
+    from dpbench.verify import status_of
+
+    values = [str(v) for v in shown]
+    for status in ("wrong", "skipped", "not recorded"):
+        found = [v for v in values if status_of(v) == status]
+        if found:
+            return found[0]
+    return values[0] if values else "not recorded"
 
 
 def maxbatch_ratios(maxbatch: pd.DataFrame, model: str) -> list[dict]:
@@ -76,7 +93,9 @@ def maxbatch_ratios(maxbatch: pd.DataFrame, model: str) -> list[dict]:
         rows.append({"device": device, "model": model, "image_size": size, "memory_budget_bytes": budget,
                      "mixed_ghost": int(mixed["max_batch_size"]), "opacus": int(opacus["max_batch_size"]),
                      "mixed_at_limit": int(mixed["max_batch_size"]) >= int(mixed["limit"]),
-                     "low": low, "high": high})
+                     "low": low, "high": high,
+                     "verified_mixed_ghost": mixed.get("verified", "not recorded"),
+                     "verified_opacus": opacus.get("verified", "not recorded")})
     return rows
 
 

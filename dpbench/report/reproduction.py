@@ -1,6 +1,9 @@
 """paper/reproduction.md: every number the paper reports (paper/reported.csv) next to this run's
 counterpart, their ratio, and the devices; absolute numbers depend on the device, so the report
-also compares the ratios that do not (slowdown and memory overhead vs non-private, max batch vs Opacus)."""
+also compares the ratios that do not (slowdown and memory overhead vs non-private, max batch vs Opacus).
+Every row of ours says whether its algorithm's computation was verified exact on the model (dpbench.verify,
+the tables' `verified`); a wrong one is shown but neither counted as a counterpart nor as evidence for a
+headline claim: a wrong implementation must not pass as a slow one."""
 
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ import pandas as pd
 
 from dpbench.report.ratios import ratio_to
 from dpbench.report.style import algorithm_label
+from dpbench.verify import status_of
 
 MB_PER_GB = 1000.0
+VERIFIED_NOTE = ("Verified = whether the algorithm's per-sample norms and clipped sum matched brute force on the run's "
+                 "first step (dpbench.verify): a wrong row is not counted as a counterpart.")
 
 
 def _num(value, digits: int = 3) -> str:
@@ -60,6 +66,10 @@ class Ours:
         self.layers = layers if layers is not None else pd.DataFrame(
             columns=["model", "image_size", "layer", "type", "ghost_space", "instantiate_space", "choice"])
         self.epoch_images = epoch_images
+        # tables written before dpbench recorded a verification
+        self.throughput = _with_columns(self.throughput, "verified")
+        self.maxbatch = _with_columns(self.maxbatch, "verified", "verified_at_max")
+        self.accuracy = _with_columns(self.accuracy, "verified")
         self.maxbatch = self.maxbatch.assign(throughput_at_max_vs_nonprivate=ratio_to(
             self.maxbatch, "throughput_at_max_img_s", ["device", "model", "image_size", "memory_budget_gb"]))
         self.failures = failures
@@ -100,6 +110,24 @@ class Ours:
         return None if rows.empty else rows.iloc[0]
 
 
+def _with_columns(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The frame with each missing `verified` column as 'not recorded'."""
+    return frame.assign(**{c: "not recorded" for c in columns if c not in frame.columns})
+
+
+def _wrong(row, *columns: str) -> bool:
+    """Whether a row of ours was verified wrong (by any of its verification columns)."""
+    return row is not None and any(status_of(row.get(c)) == "wrong" for c in columns or ("verified",))
+
+
+def _verified(row, column: str = "verified") -> str:
+    """A row's verification as shown ('—' when there is no row)."""
+    if row is None:
+        return "—"
+    value = row.get(column)
+    return "not recorded" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _slowdown(ours: Ours, model, size, batch, algorithm):
     """Time per epoch ÷ non-private's: 1 ÷ the throughput ratio of the bench table."""
     row = ours.bench_row(model, size, batch, algorithm)
@@ -130,7 +158,9 @@ def section_table4(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
         p_mem_np = _paper_lookup(paper, model=model, algorithm="nonprivate", quantity="memory_gb")
         our_batch = ours.bench_batch(model, size, batch)
         time, mem, device = ours.epoch_time_and_memory(model, size, our_batch, algorithm)
-        found += (time is not None) + (mem is not None)
+        ours_row = ours.bench_row(model, size, our_batch, algorithm) if our_batch is not None else None
+        if not _wrong(ours_row):  # a wrong computation is no counterpart
+            found += (time is not None) + (mem is not None)
         rows.append({
             "model": model, "algorithm": algorithm_label(algorithm),
             "paper s/epoch": _num(p_time), "ours s/epoch": _num(time), "time ours/paper": _num(_ratio(time, p_time)),
@@ -141,13 +171,14 @@ def section_table4(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "our memory ratio": _num(_memory_ratio(ours, model, size, our_batch, algorithm)),
             "our batch": our_batch if our_batch is not None else "—", "our device": device or "—",
             "our budget": _budget(ours.bench_row(model, size, our_batch, algorithm)),
+            "verified": _verified(ours_row),
         })
     text = ("## Table 4: time per epoch and memory (CIFAR-10, 32×32)\n\n"
             "Paper: physical batch 256 on a 16 GB GPU, OOM = over 16 GB. Ours: OOM = over our budget (column "
             "\"our budget\"; — = the device's whole memory). Time per epoch = "
             f"{ours.epoch_images} / median throughput at our batch size (the paper's 256 where measured), memory = "
             "peak memory of a step. Slowdown = time / non-private time; memory ratio = memory / non-private memory, "
-            "both at the same batch size on the same device.\n\n" + _table(rows))
+            "both at the same batch size on the same device. " + VERIFIED_NOTE + "\n\n" + _table(rows))
     return text, found, 2 * len(rows)
 
 
@@ -164,7 +195,8 @@ def section_figure3(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
         opacus = ours.maxbatch_row(model, size, "opacus")
         o_max = None if row is None else row["max_batch_size"]
         o_thr = None if row is None else row["throughput_at_max_img_s"]
-        found += (o_max is not None) + (o_thr is not None and not pd.isna(o_thr))
+        if not _wrong(row, "verified", "verified_at_max"):
+            found += (o_max is not None) + (o_thr is not None and not pd.isna(o_thr))
         rows.append({
             "model": model, "algorithm": algorithm_label(algorithm),
             "paper max batch": _num(p_max), "our max batch": _num(o_max), "batch ours/paper": _num(_ratio(o_max, p_max)),
@@ -175,10 +207,12 @@ def section_figure3(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "ours / non-private": _num(None if row is None else row["throughput_at_max_vs_nonprivate"]),
             "our budget GB": _num(None if row is None else row["memory_budget_gb"]),
             "our device": "—" if row is None else row["device"],
+            "verified": _verified(row), "verified at max": _verified(row, "verified_at_max"),
         })
     text = ("## Figure 3: maximum batch size and throughput at it (CIFAR-10, 32×32)\n\n"
             "Paper: 16 GB GPU, values read off the chart (±5%). Ours: the largest batch size whose peak memory "
-            "stays within our budget, and the median throughput measured at that batch size.\n\n" + _table(rows))
+            "stays within our budget, and the median throughput measured at that batch size. Verified: the "
+            "search's and the throughput run's (dpbench.verify); a wrong one is not counted.\n\n" + _table(rows))
     return text, found, 2 * len(rows)
 
 
@@ -202,6 +236,10 @@ def section_figure4(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> tu
         row = ours.bench_row(model, size, batch, dp_algorithm) if batch is not None else None
         entry["our batch"] = batch if batch is not None else "—"
         entry["our device"] = "—" if row is None else row["device"]
+        entry["verified"] = _verified(row)
+        if _wrong(row):
+            found -= sum(not math.isnan(ratio(ours, model, size, batch, dp_algorithm))
+                         for ratio in (_memory_ratio, _slowdown))
         rows.append(entry)
     band = _band_check(paper, ours, dp_algorithm)
     text = ("## Figure 4: vision transformers, DP vs non-private (CIFAR-100, 224×224)\n\n"
@@ -221,17 +259,21 @@ def _band_check(paper: pd.DataFrame, ours: Ours, dp_algorithm: str) -> str:
              f"and time ratios {bounds['time_ratio_min']:g}–{bounds['time_ratio_max']:g}."]
     if not models:
         return lines[0] + " This run measured no ViT.\n"
-    inside = 0
+    inside, wrong = 0, 0
     for model in models:
         size = int(ours.throughput[ours.throughput["model"] == model]["image_size"].max())
         batch = ours.bench_batch(model, size, None)
         if batch is None:
             continue
+        if _wrong(ours.bench_row(model, size, batch, dp_algorithm)):
+            wrong += 1
+            continue
         mem = _memory_ratio(ours, model, size, batch, dp_algorithm)
         time = _slowdown(ours, model, size, batch, dp_algorithm)
         inside += (bounds["memory_ratio_min"] - 0.05 <= mem <= bounds["memory_ratio_max"]
                    and bounds["time_ratio_min"] <= time <= bounds["time_ratio_max"])
-    lines.append(f" In this run {inside} of {len(models)} ViTs lie in that band.")
+    lines.append(f" In this run {inside} of {len(models)} ViTs lie in that band"
+                 + (f" ({wrong} left out: their computation was verified wrong)." if wrong else "."))
     return "".join(lines) + "\n"
 
 
@@ -292,7 +334,7 @@ def section_bk(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
         row = ours.maxbatch_row(p["model"], size, p["algorithm"])
         p_np = _paper_lookup(paper, model=p["model"], image_size=p["image_size"], algorithm="nonprivate")
         o_thr = None if row is None or pd.isna(row["throughput_at_max_img_s"]) else row["throughput_at_max_img_s"]
-        found += o_thr is not None
+        found += o_thr is not None and not _wrong(row, "verified", "verified_at_max")
         rows.append({
             "model": p["model"], "image": size, "algorithm": algorithm_label(p["algorithm"]),
             "paper img/s": _num(float(p["value"])), "ours img/s": _num(o_thr),
@@ -301,6 +343,7 @@ def section_bk(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]:
             "ours / non-private": _num(None if row is None else row["throughput_at_max_vs_nonprivate"]),
             "our budget GB": _num(None if row is None else row["memory_budget_gb"]),
             "our device": "—" if row is None else row["device"],
+            "verified": _verified(row), "verified at max": _verified(row, "verified_at_max"),
         })
     text = ("## Book-keeping follow-up (Bu et al., ICML 2023): maximum throughput\n\n"
             "Paper: throughput at the largest batch that fits (VGG11 with an ImageNet head; 0 = out of memory). "
@@ -318,7 +361,7 @@ def section_accuracy(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]
         if not mine.empty:
             target = float(p["epsilon"])
             best = mine.iloc[(mine["target_epsilon"].astype(float) - target).abs().argsort().iloc[0]]
-        found += best is not None
+        found += best is not None and not _wrong(best)
         accuracy = None
         if best is not None:
             accuracy = 100 * best["test_accuracy"] if best["test_accuracy"] <= 1 else best["test_accuracy"]
@@ -329,6 +372,7 @@ def section_accuracy(reported: pd.DataFrame, ours: Ours) -> tuple[str, int, int]
             "our ε (spent)": "—" if best is None else _num(best["epsilon"]),
             "our accuracy %": _num(accuracy), "ours/paper": _num(_ratio(accuracy, p["value"])),
             "our device": "—" if best is None else best["device"],
+            "verified": _verified(best),
         })
     text = ("## Accuracy of DP training\n\nOurs: the run on the same dataset whose target ε is nearest the "
             "paper's (any model), with the ε actually spent.\n\n" + _table(rows))
@@ -341,8 +385,12 @@ def section_headline(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> t
     t = ours.throughput[~ours.throughput["oom"].astype(bool)]
     configs = t[t["algorithm"] == dp_algorithm][["model", "image_size", "batch_size"]].drop_duplicates()
     mem_ratios, slowdowns = [], []  # (ratio, "model @size, batch B")
+    left_out = []  # configurations whose DP row was verified wrong: no evidence for a claim
     for c in configs.itertuples():
         where = f"{c.model} {c.image_size}², batch {c.batch_size}"
+        if _wrong(ours.bench_row(c.model, c.image_size, c.batch_size, dp_algorithm)):
+            left_out.append(where)
+            continue
         mem_ratios.append((_memory_ratio(ours, c.model, c.image_size, c.batch_size, dp_algorithm), where))
         slowdowns.append((_slowdown(ours, c.model, c.image_size, c.batch_size, dp_algorithm), where))
     mem_ratios = [r for r in mem_ratios if not math.isnan(r[0])]
@@ -351,26 +399,34 @@ def section_headline(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> t
 
     def claim(text, paper_value, our_value, holds, measured=()):
         nonlocal found
-        found += our_value is not None
+        wrong = [r for r in measured if r is not None
+                 and _wrong(r, *[c for c in ("verified", "verified_at_max") if c in r])]
+        if wrong:  # a wrong implementation's number is no evidence either way
+            our_value = "not valid: " + "; ".join(f"{algorithm_label(r['algorithm'])} {_verified(r)}" for r in wrong)
+            holds = None
+        found += our_value is not None and holds is not None
         rows.append({"claim": text, "paper": paper_value, "this run": our_value if our_value is not None else "—",
-                     "holds here": "—" if our_value is None else ("yes" if holds else "no"),
-                     "measured on": _measured_on(measured)})
+                     "holds here": "—" if our_value is None or holds is None else ("yes" if holds else "no"),
+                     "measured on": _measured_on(measured), "verified": _claim_verified(measured)})
 
     bench_rows = [ours.bench_row(c.model, c.image_size, c.batch_size, a) for c in configs.itertuples()
                   for a in (dp_algorithm, "nonprivate")]
+    valid_rows = [r for r in bench_rows if not _wrong(r)]  # the worst-configuration claims leave wrong ones out
 
     p_over = _paper_lookup(paper, quantity="memory_overhead_max")
     if p_over is not None:
         worst = max(mem_ratios) if mem_ratios else None
         claim(f"memory overhead of {label} vs non-private (worst configuration)", f"≤ {100 * p_over:.0f}%",
-              None if worst is None else f"{100 * (worst[0] - 1):.1f}% ({worst[1]}; of {len(mem_ratios)} configurations)",
-              worst is not None and worst[0] - 1 <= p_over, bench_rows)
+              None if worst is None else f"{100 * (worst[0] - 1):.1f}% ({worst[1]}; of {len(mem_ratios)} configurations"
+                                         f"{_left_out(left_out)})",
+              worst is not None and worst[0] - 1 <= p_over, valid_rows)
     p_slow = _paper_lookup(paper, quantity="slowdown_max")
     if p_slow is not None:
         worst = max(slowdowns) if slowdowns else None
         claim(f"slowdown of {label} vs non-private (worst configuration)", f"< {p_slow:g}×",
-              None if worst is None else f"{worst[0]:.2f}× ({worst[1]}; of {len(slowdowns)} configurations)",
-              worst is not None and worst[0] < p_slow, bench_rows)
+              None if worst is None else f"{worst[0]:.2f}× ({worst[1]}; of {len(slowdowns)} configurations"
+                                         f"{_left_out(left_out)})",
+              worst is not None and worst[0] < p_slow, valid_rows)
     p_speed = _paper_lookup(paper, quantity="speedup_vs_opacus", model="vgg19")
     if p_speed is not None:
         batch = ours.bench_batch("vgg19", 32, 256)
@@ -399,8 +455,32 @@ def section_headline(reported: pd.DataFrame, ours: Ours, dp_algorithm: str) -> t
               ghost is not None and ghost["max_batch_size"] == 0 and (mixed is None or mixed["max_batch_size"] >= 1),
               [ghost, mixed])
     text = ("## Headline claims (abstract)\n\nEach claim with the device and the memory budget it was measured "
-            "under (the paper's: a 16 GB GPU).\n\n")
+            "under (the paper's: a 16 GB GPU), and the verification of the rows it rests on (dpbench.verify): a row "
+            "whose computation was verified wrong is no evidence, so a claim resting on one is \"not valid\" and "
+            "the worst-configuration claims leave such configurations out.\n\n")
     return text + _table(rows), found, len(rows)
+
+
+def _left_out(configurations: list[str]) -> str:
+    """'; 2 left out: computation verified wrong (vgg19 32², batch 256, ...)' or ''."""
+    if not configurations:
+        return ""
+    return f"; {len(configurations)} left out: computation verified wrong ({', '.join(configurations)})"
+
+
+def _claim_verified(rows) -> str:
+    """The verification of the rows a claim rests on: 'exact', 'WRONG: ...', 'not verified: ...'."""
+    rows = [r for r in rows if r is not None and r.get("algorithm") != "nonprivate"]
+    if not rows:
+        return "—"
+    statuses = {}
+    for r in rows:
+        for column in ("verified", "verified_at_max"):
+            if column in r:
+                statuses.setdefault(status_of(r.get(column)), set()).add(algorithm_label(r["algorithm"]))
+    parts = [f"{'WRONG' if s == 'wrong' else s}: {', '.join(sorted(names))}" for s, names in statuses.items()
+             if s != "exact"]
+    return "; ".join(parts) if parts else "exact"
 
 
 def _budget(row) -> str:

@@ -1,5 +1,8 @@
 """The result tables: throughput and memory, the paper's Table 4 layout, maximum batch sizes,
-accuracy per epsilon and the complexity totals; each as a data frame, written as CSV and Markdown."""
+accuracy per epsilon and the complexity totals; each as a data frame, written as CSV and Markdown.
+Every measured row carries `verified` (dpbench.verify: was the algorithm's computation exact on that
+model?), 'not recorded' for results written before there was one; a 'wrong' row is flagged in the Table 4
+grid too."""
 
 from __future__ import annotations
 
@@ -44,8 +47,8 @@ def throughput_memory(bench: pd.DataFrame) -> pd.DataFrame:
     frame["memory_vs_nonprivate"] = ratio_to(frame, "peak_memory_bytes", CONFIGURATION)
     columns = ["model", "image_size", "batch_size", "algorithm", "throughput_img_s", "throughput_q25",
                "throughput_q75", "throughput_vs_nonprivate", "step_time_s", "peak_memory_mb",
-               "memory_vs_nonprivate", "memory_method", "oom", "error", "memory_budget_bytes", "steps", "warmup", "dtype",
-               "device"]
+               "memory_vs_nonprivate", "memory_method", "oom", "error", "verified", "memory_budget_bytes", "steps",
+               "warmup", "dtype", "device"]
     return _sort(frame[columns], ["device", "model", "image_size", "batch_size", "algorithm"])
 
 
@@ -62,7 +65,7 @@ def scaling(bench: pd.DataFrame) -> pd.DataFrame:
     frame["efficiency"] = frame["speedup"] / frame["ranks"]
     frame = frame.rename(columns={"batch_size": "batch_size_per_rank", "rank_device": "device_per_rank"})
     columns = ["model", "image_size", "batch_size_per_rank", "algorithm", "ranks", "throughput_img_s",
-               "throughput_one_rank", "speedup", "efficiency", "dtype", "device_per_rank"]
+               "throughput_one_rank", "speedup", "efficiency", "verified", "dtype", "device_per_rank"]
     return _sort(frame[columns], ["device_per_rank", "model", "image_size", "batch_size_per_rank", "algorithm",
                                   "ranks"])
 
@@ -73,7 +76,7 @@ def table4(bench: pd.DataFrame, epoch_images: int) -> pd.DataFrame:
     frame["epoch_time_s"] = epoch_images / frame["throughput_img_s"]
     frame["memory_gb"] = frame["peak_memory_bytes"] / GB
     frame["epoch_images"] = epoch_images
-    columns = ["model", "image_size", "batch_size", "algorithm", "epoch_time_s", "memory_gb", "oom",
+    columns = ["model", "image_size", "batch_size", "algorithm", "epoch_time_s", "memory_gb", "oom", "verified",
                "memory_budget_bytes", "epoch_images", "memory_method", "device"]
     return _sort(frame[columns], ["device", "image_size", "batch_size", "model", "algorithm"])
 
@@ -92,10 +95,23 @@ def _budget_text(budgets: pd.Series) -> str:
     return f"memory budget {' / '.join(format_bytes(v) for v in values)}: OOM = over it"
 
 
+def verification_mark(verified) -> str:
+    """What a grid cell adds for its `verified` text: ' WRONG (4.4e-02)' when the algorithm's computation
+    was wrong on the model, ' (not verified)' when the check was skipped, '' when exact or not recorded
+    (results written before there was a check: the grid's note counts them)."""
+    from dpbench.verify import status_of
+
+    status = status_of(verified)
+    if status == "wrong":
+        return f" WRONG{str(verified).removeprefix('wrong')}"
+    return " (not verified)" if status == "skipped" else ""
+
+
 def table4_markdown(table: pd.DataFrame, failures: pd.DataFrame | None = None) -> str:
     """One Table-4-style grid per (device, image size, batch size): models x algorithms, 'time / memory';
     'OOM' where the step did not fit the budget, 'failed' where a configuration has only a failure record
-    (results/tables/failures.md says why)."""
+    (results/tables/failures.md says why); a cell whose computation was not verified exact says so
+    (`verification_mark`)."""
     parts = ["# Time per epoch (s) / peak memory (GB), Table 4 layout\n"]
     failed = failures[failures["kind"] == "bench"] if failures is not None else pd.DataFrame()
     if table.empty and failed.empty:
@@ -108,6 +124,9 @@ def table4_markdown(table: pd.DataFrame, failures: pd.DataFrame | None = None) -
         cells = {}
         for row in group.itertuples():
             text = "OOM" if row.oom else f"{_fmt(row.epoch_time_s, 1)} / {_fmt(row.memory_gb, 3)}"
+            verified = getattr(row, "verified", "not recorded")
+            if not (row.algorithm == "nonprivate" and str(verified).startswith("skipped")):
+                text += verification_mark(verified)  # non-private has nothing to verify
             cells.setdefault(row.model, {})[row.algorithm] = text
         here = failed[(failed["image_size"] == size) & (failed["batch_size"] == batch)] if not failed.empty else failed
         for row in here.itertuples():
@@ -120,7 +139,29 @@ def table4_markdown(table: pd.DataFrame, failures: pd.DataFrame | None = None) -
             parts.append(_grid({row.model: {row.algorithm: f"failed ({row.failure})"} for row in group.itertuples()}))
     if not failed.empty:
         parts.append(f"\n{len(failed)} configuration(s) failed; their reasons are in failures.md.\n")
+    if not table.empty:
+        parts.append(_verification_note(table))
     return "".join(parts)
+
+
+def _verification_note(table: pd.DataFrame) -> str:
+    """The grid's note on dpbench.verify: what the marks mean, and how many private cells have no record."""
+    from dpbench.verify import status_of
+
+    statuses = table["verified"].map(status_of) if "verified" in table else pd.Series("not recorded", table.index)
+    private = table["algorithm"] != "nonprivate"
+    unrecorded = int((statuses[private] == "not recorded").sum())
+    wrong = int((statuses == "wrong").sum())
+    note = ("\nVerification (`verified` in table4.csv): each private cell's per-sample norms and clipped sum are "
+            "checked against brute force on the run's first step. WRONG (relative error) = the algorithm's "
+            "computation is wrong on that model: its time is not a valid speed result; (not verified) = the check "
+            "was skipped (the reason is in table4.csv).")
+    if wrong:
+        note += f" {wrong} cell(s) WRONG."
+    if unrecorded:
+        note += (f" {unrecorded} private cell(s) have no verification record (results written before dpbench "
+                 "recorded one).")
+    return note + "\n"
 
 
 def _grid(cells: dict) -> str:
@@ -143,13 +184,14 @@ def maxbatch(maxbatch_results: pd.DataFrame, bench_at_max: pd.DataFrame) -> pd.D
     frame["memory_budget_gb"] = frame["memory_budget_bytes"] / GB
     frame["peak_memory_gb_at_max"] = frame["peak_memory_bytes_at_max"] / GB
     at_max = bench_at_max.rename(columns={"batch_size": "max_batch_size", "throughput_img_s": "throughput_at_max_img_s",
-                                          "oom": "oom_at_max"})
+                                          "oom": "oom_at_max", "verified": "verified_at_max"})
     at_max = at_max[["device", "model", "image_size", "algorithm", "max_batch_size", "throughput_at_max_img_s",
-                     "oom_at_max"]].drop_duplicates(["device", "model", "image_size", "algorithm", "max_batch_size"])
+                     "oom_at_max", "verified_at_max"]].drop_duplicates(["device", "model", "image_size", "algorithm",
+                                                                         "max_batch_size"])
     frame = frame.merge(at_max, how="left", on=["device", "model", "image_size", "algorithm", "max_batch_size"])
     columns = ["model", "image_size", "algorithm", "max_batch_size", "ratio_to_opacus", "ratio_to_nonprivate",
-               "throughput_at_max_img_s", "oom_at_max", "memory_budget_gb", "peak_memory_gb_at_max", "probes",
-               "tolerance", "limit", "device"]
+               "throughput_at_max_img_s", "oom_at_max", "verified", "verified_at_max", "memory_budget_gb",
+               "peak_memory_gb_at_max", "probes", "tolerance", "limit", "device"]
     return _sort(frame[columns], ["device", "model", "image_size", "algorithm"])
 
 

@@ -65,9 +65,17 @@ def cell(value: float, oom: bool = False) -> str:
     return "—" if pd.isna(value) else f"{value:.3g}"
 
 
+def verified_verdict(verdict: str, *verified) -> str:
+    """A verdict that rests on a computation verified wrong (dpbench.verify) is no verdict."""
+    from dpbench.verify import status_of
+
+    wrong = [str(v) for v in verified if status_of(v) == "wrong"]
+    return f"not valid: computation {wrong[0]}" if wrong else verdict
+
+
 def target_rows(table: pd.DataFrame) -> list[dict]:
-    """One row per (configuration, CNN target) of ratios.nonprivate_ratios: the measured ratio, the target
-    and met / not met."""
+    """One row per (configuration, CNN target) of ratios.nonprivate_ratios: the measured ratio, the target,
+    met / not met ('not valid' when the algorithm's computation was verified wrong), and `verified`."""
     rows = []
     for key, group in table.groupby(CONFIGURATION, sort=False):
         found = group.set_index("algorithm")
@@ -78,9 +86,11 @@ def target_rows(table: pd.DataFrame) -> list[dict]:
             value = found[column].get(algorithm, math.nan)
             if peak and column == "memory_ratio":
                 figure = "peak memory (no step memory)"
+            verified = found["verified"].get(algorithm, "—") if "verified" in found else "not recorded"
             rows.append({"configuration": configuration, "figure": f"{algorithm_label(algorithm)} {figure} ÷ non-private",
                          "measured": cell(value, found["oom"].get(algorithm, False)), "target": target,
-                         "verdict": verdict(value), "device": where["device"]})
+                         "verdict": verified_verdict(verdict(value), verified), "device": where["device"],
+                         "verified": verified})
     return rows
 
 
